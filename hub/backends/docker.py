@@ -1,0 +1,625 @@
+"""Servers as containers on one Docker engine.
+
+    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="docker")
+    backend = DockerBackend(docker.from_env(), hub_id="h1", executor=pool)
+    await backend.ping()
+    endpoint = await backend.start(spec, progress=print)   # Endpoint(host="172.18.0.2", ...)
+    await backend.stop(spec.server_id, remove=True)         # the home volume stays
+
+Every blocking SDK call runs on the executor that is passed in; keep it at or
+below the SDK's connection pool (10) so that connections are reused.
+
+Decisions worth knowing:
+
+- **Network.** One bridge network per hub, ``internal`` (nothing is forwarded
+  beyond it: no egress) with inter-container traffic off (``enable_icc=false``).
+  No port is published. The hub on the host reaches container addresses
+  directly, because the bridge holds the gateway address (Docker 20.10-24 and
+  25.0.4+; 25.0.0-25.0.3 left internal bridges without one). The reverse also
+  holds: a container reaches every *host* address, so host services listening
+  on 0.0.0.0 are exposed to workspaces. Bind them to 127.0.0.1, or drop input
+  from the bridge interface, which is named ``ld-<hub_id>`` for that purpose.
+- **Idempotent start.** The container is named from ids only. A running
+  container with the same name and the same spec fingerprint is adopted; one
+  with another fingerprint is a ``Conflict``. A stopped one is removed and
+  created again, so that it always matches the spec (user data lives in the
+  home volume, not in the container).
+- **User.** The image's ``USER`` when it names someone other than root, else
+  ``1000:1000``. The image must own ``spec.home`` by that user: a new volume
+  copies the owner of the image's directory, and no capability is left to chown.
+- **Init.** ``init=True`` reaps zombies and forwards signals. With ``init=None``
+  (the default) the backend tries it, and if the engine's init binary is
+  missing it logs a warning, stops asking for it, and retries the launch once.
+- **Failures.** On timeout the container is stopped (not removed) so its
+  state and logs can be inspected; the next ``start`` replaces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import functools
+import hashlib
+import inspect
+import logging
+import math
+import re
+import time
+import weakref
+from collections.abc import AsyncGenerator, Callable, Mapping
+from concurrent.futures import Executor
+from typing import Any, ParamSpec, TypeVar
+
+import docker
+import docker.errors as derr
+import requests
+from docker.models.containers import Container
+from docker.types import LogConfig
+
+from hub.backends.docker_config import (
+    BRIDGE_NAME_OPTION,
+    HUB_LABEL,
+    ICC_OPTION,
+    PORT_LABEL,
+    SERVER_LABEL,
+    SPEC_LABEL,
+    USER_LABEL,
+    check_mounts,
+    create_args,
+    environment_name,
+    run_as,
+    spec_fingerprint,
+    volume_labels,
+)
+from hub.backends.docker_events import container_events
+from hub.backends.readiness import readiness_path, wait_until_ready
+from hub.domain.errors import (
+    BackendUnavailable,
+    ConfigError,
+    Conflict,
+    InvalidInput,
+    LaunchFailed,
+    NotFound,
+)
+from hub.domain.resources import format_memory
+from hub.domain.servers import (
+    Endpoint,
+    EngineEvent,
+    Mount,
+    Observed,
+    ProgressEvent,
+    ProgressSink,
+    ServerSpec,
+    home_volume_name,
+)
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+LOG_LINES = 20
+FAILED_STOP_GRACE = 3
+_HUB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+_GONE = {"exited", "dead", "removing"}
+
+
+def _explain(exc: derr.APIError) -> str:
+    return str(exc.explanation or exc)
+
+
+def _observe(client: docker.DockerClient, hub_id: str, network: str) -> list[Observed]:
+    """What runs now (blocking): one list call, plus an inspect per stopped container."""
+    found: list[Observed] = []
+    summaries = client.api.containers(all=True, filters={"label": f"{HUB_LABEL}={hub_id}"})
+    for summary in summaries:
+        labels = summary.get("Labels") or {}
+        try:
+            server_id, user_id = int(labels[SERVER_LABEL]), int(labels[USER_LABEL])
+            port = int(labels[PORT_LABEL])
+        except (KeyError, ValueError):
+            log.warning("container %s has no valid labdock labels", summary.get("Id"))
+            continue
+        cid = str(summary["Id"])
+        name = str((summary.get("Names") or ["/"])[0]).lstrip("/")
+        running = summary.get("State") == "running"
+        endpoint: Endpoint | None = None
+        exit_code: int | None = None
+        oom = False
+        if running:
+            networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
+            host = (networks.get(network) or {}).get("IPAddress")
+            endpoint = Endpoint(str(host), port, cid, name) if host else None
+        else:
+            try:
+                state = client.api.inspect_container(cid).get("State") or {}
+            except derr.NotFound:  # removed meanwhile
+                continue
+            exit_code = None if state.get("Status") == "created" else state.get("ExitCode")
+            oom = bool(state.get("OOMKilled"))
+        found.append(Observed(server_id, user_id, cid, name, running, endpoint, exit_code, oom))
+    return found
+
+
+async def _emit(progress: ProgressSink, event: ProgressEvent) -> None:
+    result = progress(event)
+    if inspect.isawaitable(result):
+        await result
+
+
+class DockerBackend:
+    """The ``Backend`` port on one Docker engine: a container per server."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        *,
+        hub_id: str,
+        executor: Executor,
+        network: str | None = None,
+        extra_labels: Mapping[str, str] | None = None,
+        log_max_size: str = "10m",
+        log_max_files: int = 3,
+        internal: bool = True,
+        init: bool | None = None,
+    ) -> None:
+        if not _HUB_ID.match(hub_id):
+            raise ConfigError(
+                f"hub_id: expected up to 31 lowercase letters, digits or '-', got {hub_id!r}"
+            )
+        self._client = client
+        self._hub_id = hub_id
+        self._executor = executor
+        self._network = network or f"labdock-{hub_id}"
+        self._extra_labels = dict(extra_labels or {})
+        self._log_config = LogConfig(
+            type="json-file", config={"max-size": log_max_size, "max-file": str(log_max_files)}
+        )
+        self._internal = internal
+        self._init_forced = init is not None
+        self._use_init = init is not False
+        self._network_ready = False
+        self._network_lock = asyncio.Lock()
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @property
+    def hub_id(self) -> str:
+        """The id this backend's names and labels carry."""
+        return self._hub_id
+
+    @property
+    def network(self) -> str:
+        """The name of the hub's container network."""
+        return self._network
+
+    @property
+    def bridge(self) -> str:
+        """The host interface of the network, named so that a firewall rule can match it."""
+        if len(self._hub_id) <= 12:  # Linux caps interface names at 15 characters
+            return f"ld-{self._hub_id}"
+        return "ld-" + hashlib.sha256(self._hub_id.encode()).hexdigest()[:12]
+
+    @property
+    def uses_init(self) -> bool:
+        """Whether new containers get an init process (false after a fallback)."""
+        return self._use_init
+
+    # -- engine access -------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a blocking SDK call on the executor; an unreachable engine is unavailable."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._executor, functools.partial(fn, *args, **kwargs)
+            )
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise BackendUnavailable(
+                f"cannot reach the Docker engine at {self._client.api.base_url}: {exc}"
+            ) from exc
+
+    async def ping(self) -> None:
+        """Raise ``BackendUnavailable`` when the engine cannot be reached."""
+        try:
+            await self._call(self._client.ping)
+        except derr.APIError as exc:
+            raise BackendUnavailable(f"the Docker engine is not healthy: {_explain(exc)}") from exc
+
+    # -- network and volumes -------------------------------------------------------------------
+
+    async def ensure_network(self) -> None:
+        """Create the hub's network unless it exists; refuse one that is not ours."""
+        async with self._network_lock:
+            if not self._network_ready:
+                await self._call(self._ensure_network_sync)
+                self._network_ready = True
+
+    def _ensure_network_sync(self) -> None:
+        for attempt in (1, 2):
+            found = [
+                n
+                for n in self._client.networks.list(names=[self._network])
+                if n.name == self._network
+            ]
+            if found:
+                self._check_network(found[0].attrs)
+                return
+            try:
+                self._client.networks.create(
+                    self._network,
+                    driver="bridge",
+                    internal=self._internal,
+                    options={ICC_OPTION: "false", BRIDGE_NAME_OPTION: self.bridge},
+                    labels={**self._extra_labels, HUB_LABEL: self._hub_id},
+                    check_duplicate=True,
+                )
+                return
+            except derr.APIError as exc:
+                if exc.status_code != 409 or attempt == 2:
+                    raise BackendUnavailable(
+                        f"could not create network {self._network}: {_explain(exc)}"
+                    ) from exc
+
+    def _check_network(self, attrs: Mapping[str, Any]) -> None:
+        fix = f"remove it (docker network rm {self._network}) or configure another name"
+        if (attrs.get("Labels") or {}).get(HUB_LABEL) != self._hub_id:
+            raise Conflict(f"network {self._network} exists but is not this hub's; {fix}")
+        icc = (attrs.get("Options") or {}).get(ICC_OPTION, "true")
+        if icc != "false" or bool(attrs.get("Internal")) != self._internal:
+            raise Conflict(
+                f"network {self._network} does not isolate servers as configured "
+                f"(internal={attrs.get('Internal')}, icc={icc}); {fix}"
+            )
+
+    async def _ensure_home_volume(self, spec: ServerSpec) -> None:
+        labels = volume_labels(spec, self._extra_labels)
+
+        def ensure() -> None:
+            try:
+                self._client.volumes.get(spec.home_volume)
+            except derr.NotFound:
+                # Creating an existing local volume is a no-op, so a race is harmless.
+                self._client.volumes.create(spec.home_volume, driver="local", labels=labels)
+
+        try:
+            await self._call(ensure)
+        except derr.APIError as exc:
+            raise LaunchFailed(f"could not create the home volume: {_explain(exc)}") from exc
+
+    async def _ensure_shared_volumes(self, spec: ServerSpec, image_user: str) -> None:
+        """Create missing mounted volumes, labelled, and owned by the server's user."""
+
+        def ensure(mount: Mount) -> None:
+            try:
+                self._client.volumes.get(mount.volume)
+                return
+            except derr.NotFound:
+                pass
+            labels = {**mount.labels, **self._extra_labels, HUB_LABEL: self._hub_id}
+            self._client.volumes.create(mount.volume, driver="local", labels=labels)
+            # A fresh volume is root's; the server runs without CAP_CHOWN, so a
+            # one-shot container of the same image (no network) hands it over.
+            self._client.containers.run(
+                spec.image,
+                command=["chown", run_as(image_user), "/volume"],
+                entrypoint=[],
+                user="0",
+                network_mode="none",
+                volumes={mount.volume: {"bind": "/volume", "mode": "rw"}},
+                labels={**self._extra_labels, HUB_LABEL: self._hub_id},
+                remove=True,
+            )
+
+        for mount in spec.mounts:
+            try:
+                await self._call(ensure, mount)
+            except derr.DockerException as exc:
+                raise LaunchFailed(f"could not prepare volume {mount.volume}: {exc}") from exc
+
+    async def remove_volume(self, user_id: int) -> None:
+        """Delete a user's home volume (an explicit admin action). Missing is fine."""
+        name = home_volume_name(self._hub_id, user_id)
+
+        def remove() -> None:
+            with contextlib.suppress(derr.NotFound):
+                self._client.volumes.get(name).remove()
+
+        try:
+            await self._call(remove)
+        except derr.APIError as exc:
+            if exc.status_code == 409:
+                raise Conflict(
+                    f"the home volume of user {user_id} is still used by a container; "
+                    "stop and remove that user's servers first"
+                ) from exc
+            raise BackendUnavailable(f"could not remove volume {name}: {_explain(exc)}") from exc
+
+    # -- start ---------------------------------------------------------------------------------
+
+    async def start(self, spec: ServerSpec, progress: ProgressSink) -> Endpoint:
+        """Create and start the container; return once the app answers readiness.
+
+        Progress goes image ready → creating → starting → waiting → ready. Failures
+        raise (``LaunchFailed`` with the last log lines, ``Conflict``,
+        ``BackendUnavailable``) and are not reported through ``progress``.
+        """
+        if spec.hub_id != self._hub_id:
+            raise InvalidInput(
+                f"spec is for hub {spec.hub_id!r}; this backend runs {self._hub_id!r}"
+            )
+        check_mounts(spec)
+        deadline = time.monotonic() + spec.start_timeout
+        lock = self._locks.get(spec.container_name)
+        if lock is None:
+            lock = self._locks[spec.container_name] = asyncio.Lock()
+        async with lock:
+            return await self._start_locked(spec, progress, deadline)
+
+    async def _start_locked(
+        self, spec: ServerSpec, progress: ProgressSink, deadline: float
+    ) -> Endpoint:
+        image_user = await self._image_user(spec.image)
+        await _emit(progress, ProgressEvent(10, f"image {spec.image} is ready"))
+        container = await self._existing(spec)
+        if container is None:
+            await _emit(progress, ProgressEvent(20, "creating the container"))
+            await self.ensure_network()
+            await self._ensure_home_volume(spec)
+            await self._ensure_shared_volumes(spec, image_user)
+            container = await self._create(spec, image_user)
+            await _emit(progress, ProgressEvent(40, "starting the container"))
+            container = await self._start_container(container, spec, image_user)
+        else:
+            await _emit(progress, ProgressEvent(40, "the container is already running"))
+        await _emit(progress, ProgressEvent(60, "waiting for the app to answer"))
+        endpoint = await self._wait_ready(container, spec, deadline)
+        await _emit(progress, ProgressEvent(100, f"ready at {endpoint.url}", ready=True))
+        return endpoint
+
+    async def _image_user(self, image: str) -> str:
+        try:
+            found = await self._call(self._client.images.get, image)
+        except derr.ImageNotFound as exc:
+            raise LaunchFailed(
+                f"image {image} is not built; run `labdock images build {environment_name(image)}`"
+            ) from exc
+        except derr.APIError as exc:
+            raise LaunchFailed(f"could not inspect image {image}: {_explain(exc)}") from exc
+        config = found.attrs.get("Config") or {}
+        return str(config.get("User") or "")
+
+    async def _existing(self, spec: ServerSpec) -> Container | None:
+        """The running container to adopt, or None after clearing a stopped one."""
+        try:
+            container = await self._call(self._client.containers.get, spec.container_name)
+        except derr.NotFound:
+            return None
+        labels = container.labels
+        if labels.get(HUB_LABEL) != self._hub_id:
+            raise Conflict(
+                f"a container named {spec.container_name} exists and is not this hub's; remove it"
+            )
+        if container.status == "running":
+            if labels.get(SPEC_LABEL) != spec_fingerprint(spec) or not self._address(container):
+                raise Conflict(
+                    f"server {spec.server_id} is already running with another configuration; "
+                    "stop it first"
+                )
+            return container
+        await self._remove(container)
+        return None
+
+    async def _create(self, spec: ServerSpec, image_user: str) -> Container:
+        args = create_args(
+            spec,
+            network=self._network,
+            image_user=image_user,
+            init=self._use_init,
+            extra_labels=self._extra_labels,
+            log_config=self._log_config,
+        )
+        try:
+            try:
+                return await self._call(self._client.containers.create, **args)
+            except derr.NotFound as exc:
+                if isinstance(exc, derr.ImageNotFound) or "network" not in _explain(exc):
+                    raise
+                self._network_ready = False  # removed behind our back: make it again, once
+                await self.ensure_network()
+                return await self._call(self._client.containers.create, **args)
+        except derr.ImageNotFound as exc:
+            raise LaunchFailed(
+                f"image {spec.image} is not built; "
+                f"run `labdock images build {environment_name(spec.image)}`"
+            ) from exc
+        except derr.APIError as exc:
+            if exc.status_code == 409:
+                raise Conflict(
+                    f"server {spec.server_id} is being started by another request; try again"
+                ) from exc
+            raise LaunchFailed(
+                f"the Docker engine refused to create server {spec.server_id}: {_explain(exc)}"
+            ) from exc
+
+    async def _start_container(
+        self, container: Container, spec: ServerSpec, image_user: str, retries: int = 2
+    ) -> Container:
+        try:
+            await self._call(container.start)
+        except derr.APIError as exc:
+            reason = _explain(exc)
+            if retries and await self._recoverable(reason):
+                await self._remove(container)
+                container = await self._create(spec, image_user)
+                return await self._start_container(container, spec, image_user, retries - 1)
+            if spec.gpu_device_ids and "device driver" in reason:
+                reason = (
+                    f"GPUs {', '.join(spec.gpu_device_ids)} were requested but the engine "
+                    f"cannot provide them (is the NVIDIA container toolkit installed?): {reason}"
+                )
+            raise LaunchFailed(
+                f"the Docker engine could not start server {spec.server_id}: {reason}",
+                logs=tuple(await self._tail(container)),
+            ) from exc
+        await self._call(container.reload)
+        return container
+
+    async def _recoverable(self, reason: str) -> bool:
+        """Fix what a start failure says is missing, if we can: the network, or init."""
+        if f"network {self._network} not found" in reason:
+            self._network_ready = False  # removed behind our back: make it again
+            await self.ensure_network()
+            return True
+        if self._use_init and not self._init_forced and await self._is_init_missing(reason):
+            log.warning("the Docker engine has no init binary (%s); running without it", reason)
+            self._use_init = False
+            return True
+        return False
+
+    async def _is_init_missing(self, reason: str) -> bool:
+        binary = "docker-init"
+        with contextlib.suppress(derr.APIError):
+            binary = str((await self._call(self._client.info)).get("InitBinary") or binary)
+        return binary in reason and ("not found" in reason or "no such file" in reason.lower())
+
+    # -- readiness -----------------------------------------------------------------------------
+
+    def _address(self, container: Container) -> str:
+        networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
+        return str((networks.get(self._network) or {}).get("IPAddress") or "")
+
+    async def _wait_ready(
+        self, container: Container, spec: ServerSpec, deadline: float
+    ) -> Endpoint:
+        host = self._address(container)
+        path = readiness_path(spec.prefix, spec.readiness_path)
+        exited = asyncio.ensure_future(self._until_exit(container))
+        ready = asyncio.ensure_future(
+            wait_until_ready(host, spec.port, path, secret=spec.secret)
+            if host  # no address: it exited already, let the watcher tell
+            else asyncio.Event().wait()
+        )
+        waiters: set[asyncio.Future[Any]] = {exited, ready}
+        try:
+            done, _ = await asyncio.wait(
+                waiters,
+                timeout=max(0.0, deadline - time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for task in waiters:
+                task.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+        if ready in done:  # the app answered, even if it exited right after
+            ready.result()
+            return Endpoint(host, spec.port, str(container.id), spec.container_name)
+        if exited in done:
+            raise LaunchFailed(
+                self._exit_reason(spec, exited.result()), logs=tuple(await self._tail(container))
+            )
+        await self._halt(container)
+        raise LaunchFailed(
+            f"server {spec.server_id} was not ready after {spec.start_timeout:g} s",
+            logs=tuple(await self._tail(container)),
+        )
+
+    async def _until_exit(self, container: Container) -> dict[str, Any]:
+        delay = 0.05
+        while True:
+            try:
+                await self._call(container.reload)
+            except derr.NotFound:  # stopped and removed meanwhile
+                return {"Status": "removed"}
+            state: dict[str, Any] = container.attrs.get("State") or {}
+            if state.get("Status") in _GONE:
+                return state
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    @staticmethod
+    def _exit_reason(spec: ServerSpec, state: Mapping[str, Any]) -> str:
+        code = state.get("ExitCode")
+        if state.get("Status") == "removed":
+            return f"server {spec.server_id} was removed before it was ready"
+        if state.get("OOMKilled"):
+            return (
+                f"server {spec.server_id} was killed for using more than its memory limit "
+                f"({format_memory(spec.resources.memory)}) before it was ready"
+            )
+        return f"server {spec.server_id} exited with code {code} before it was ready"
+
+    async def _halt(self, container: Container) -> None:
+        """Stop a failed launch but keep it for inspection."""
+        try:
+            await self._call(container.stop, timeout=FAILED_STOP_GRACE)
+        except derr.APIError:
+            log.warning("could not stop failed container %s", container.name, exc_info=True)
+
+    async def _tail(self, container: Container, tail: int = LOG_LINES) -> list[str]:
+        try:
+            raw: bytes = await self._call(container.logs, tail=tail)
+        except derr.APIError:
+            return []
+        return raw.decode("utf-8", errors="replace").splitlines()[-tail:]
+
+    # -- stop, list, logs, events --------------------------------------------------------------
+
+    async def _containers_of(self, server_id: int) -> list[Container]:
+        filters: dict[str, str | list[str] | bool] = {
+            "label": [f"{HUB_LABEL}={self._hub_id}", f"{SERVER_LABEL}={server_id}"]
+        }
+        try:
+            return await self._call(self._client.containers.list, all=True, filters=filters)
+        except derr.APIError as exc:
+            raise BackendUnavailable(f"could not list containers: {_explain(exc)}") from exc
+
+    async def _remove(self, container: Container) -> None:
+        try:
+            await self._call(container.remove, force=True)
+        except derr.NotFound:
+            pass
+        except derr.APIError as exc:
+            if exc.status_code != 409:  # 409: a removal is already in progress
+                raise BackendUnavailable(
+                    f"could not remove container {container.name}: {_explain(exc)}"
+                ) from exc
+
+    async def stop(self, server_id: int, *, remove: bool = False, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; ``remove`` deletes the container.
+
+        The home volume is never removed here. A missing container is not an error.
+        """
+        for container in await self._containers_of(server_id):
+            try:
+                await self._call(container.stop, timeout=math.ceil(max(grace, 0.0)))
+            except derr.NotFound:
+                continue
+            except derr.APIError as exc:
+                raise BackendUnavailable(
+                    f"could not stop server {server_id}: {_explain(exc)}"
+                ) from exc
+            if remove:
+                await self._remove(container)
+
+    async def logs(self, server_id: int, tail: int = LOG_LINES) -> list[str]:
+        """The last ``tail`` lines of a server's output (stdout and stderr)."""
+        containers = await self._containers_of(server_id)
+        if not containers:
+            raise NotFound(f"server {server_id} has no container")
+        return await self._tail(containers[0], tail)
+
+    async def list(self) -> builtins.list[Observed]:
+        """Every container of this hub, found by label."""
+        try:
+            return await self._call(_observe, self._client, self._hub_id, self._network)
+        except derr.APIError as exc:
+            raise BackendUnavailable(f"could not list containers: {_explain(exc)}") from exc
+
+    def events(self) -> AsyncGenerator[EngineEvent, None]:
+        """``start``, ``die`` (with exit code) and ``oom`` events of this hub's containers.
+
+        Close it with ``aclose()``. It raises ``BackendUnavailable`` if the engine's
+        stream breaks; reconcile with ``list()`` and subscribe again.
+        """
+        return container_events(self._client, hub_id=self._hub_id)

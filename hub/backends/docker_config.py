@@ -1,0 +1,147 @@
+"""How a ``ServerSpec`` becomes a Docker container: names, labels, limits, hardening.
+
+    args = create_args(spec, hub_id="h1", network="labdock-h1", image_user="", init=True)
+    container = client.containers.create(**args)
+
+Pure functions, no engine calls: every limit and label is decided here, in one
+place, and can be read (and tested) without Docker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+from docker.types import DeviceRequest, LogConfig
+from docker.types import Mount as DockerMount
+
+from hub.domain.errors import InvalidInput
+from hub.domain.servers import ServerSpec
+
+HUB_LABEL = "labdock.hub"
+USER_LABEL = "labdock.user"
+SERVER_LABEL = "labdock.server"
+PORT_LABEL = "labdock.port"
+SPEC_LABEL = "labdock.spec"
+DEFAULT_USER = "1000:1000"
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+def spec_fingerprint(spec: ServerSpec) -> str:
+    """A short hash of everything that shapes the container (the timeout excluded)."""
+    fields = asdict(spec)
+    fields.pop("start_timeout")
+    text = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_as(image_user: str) -> str:
+    """The user to run as: the image's own ``USER`` unless it is root or unset."""
+    user = image_user.strip()
+    if not user or user.split(":")[0] in ("0", "root"):
+        return DEFAULT_USER
+    return user
+
+
+def environment_name(image: str) -> str:
+    """``labdock/python:3f2a`` → ``python``, for "run `labdock images build python`"."""
+    name = image.split("@")[0]
+    last = name.rsplit("/", 1)[-1]
+    return last.split(":")[0]
+
+
+def check_mounts(spec: ServerSpec) -> None:
+    """Refuse anything but named volumes at absolute paths (no host paths, no sockets)."""
+    for mount in spec.mounts:
+        if not _VOLUME_NAME.match(mount.volume) or not mount.target.startswith("/"):
+            raise InvalidInput(
+                f"mount {mount.volume!r} → {mount.target!r}: only named volumes may be "
+                "mounted, at absolute paths"
+            )
+
+
+def server_labels(spec: ServerSpec, extra: Mapping[str, str]) -> dict[str, str]:
+    """The container's labels; labdock's own keys win over the spec's and the extras."""
+    return {
+        **spec.labels,
+        **extra,
+        HUB_LABEL: spec.hub_id,
+        USER_LABEL: str(spec.user_id),
+        SERVER_LABEL: str(spec.server_id),
+        PORT_LABEL: str(spec.port),
+        SPEC_LABEL: spec_fingerprint(spec),
+    }
+
+
+def volume_labels(spec: ServerSpec, extra: Mapping[str, str]) -> dict[str, str]:
+    """The home volume's labels: it belongs to the user, not to one server."""
+    return {**extra, HUB_LABEL: spec.hub_id, USER_LABEL: str(spec.user_id)}
+
+
+def server_environment(spec: ServerSpec) -> dict[str, str]:
+    """The spec's environment, ``HOME``, then the ``LABDOCK_*`` variables (which win)."""
+    env = {**spec.env}
+    env.setdefault("HOME", spec.home)
+    env.update(
+        LABDOCK_PREFIX=spec.prefix,
+        LABDOCK_SERVER_SECRET=spec.secret,
+        LABDOCK_PORT=str(spec.port),
+        LABDOCK_USER_ID=str(spec.user_id),
+        LABDOCK_SERVER_ID=str(spec.server_id),
+    )
+    return env
+
+
+def create_args(
+    spec: ServerSpec,
+    *,
+    network: str,
+    image_user: str,
+    init: bool,
+    extra_labels: Mapping[str, str] | None = None,
+    log_config: LogConfig | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``client.containers.create``: limits, hardening, mounts.
+
+    No port is published and no host path is mounted; the container joins only
+    ``network``. Memory and memory+swap are the same limit, so the server
+    cannot swap. GPUs are requested by device id, and only when the spec names some.
+    """
+    mounts = [DockerMount(target=spec.home, source=spec.home_volume, type="volume")]
+    mounts += [
+        DockerMount(target=m.target, source=m.volume, type="volume", read_only=m.read_only)
+        for m in spec.mounts
+    ]
+    args: dict[str, Any] = {
+        "image": spec.image,
+        "command": list(spec.command) or None,
+        "name": spec.container_name,
+        "labels": server_labels(spec, extra_labels or {}),
+        "environment": server_environment(spec),
+        "user": run_as(image_user),
+        "working_dir": spec.home,
+        "network": network,
+        "nano_cpus": round(spec.resources.cpus * 1e9),
+        "mem_limit": spec.resources.memory,
+        "memswap_limit": spec.resources.memory,
+        "pids_limit": spec.pids_limit,
+        "shm_size": spec.shm_size,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "init": init,
+        "log_config": log_config or LogConfig(type="json-file", config={"max-size": "10m"}),
+        "mounts": mounts,
+    }
+    if spec.gpu_device_ids:
+        args["device_requests"] = [
+            DeviceRequest(
+                driver="nvidia", device_ids=list(spec.gpu_device_ids), capabilities=[["gpu"]]
+            )
+        ]
+    return args

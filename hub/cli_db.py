@@ -1,0 +1,84 @@
+"""Database work behind CLI subcommands, wired the same way the hub wires it.
+
+name, password = asyncio.run(add_user(settings, "alice", None, is_admin=False, team="risk"))
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from hub.config import Settings
+from hub.db.accounts import SqlAccountRepo
+from hub.db.engine import make_engine
+from hub.db.migrate import upgrade
+from hub.db.quotas import SqlQuotaRepo, describe_limits
+from hub.db.teams import SqlTeamRepo
+from hub.domain.accounts import Accounts, check_scopes, check_team_name
+from hub.domain.clock import SystemClock
+from hub.domain.errors import NotFound
+from hub.passwords import Argon2Hasher
+
+
+async def add_user(
+    settings: Settings, name: str, password: str | None, *, is_admin: bool, team: str | None
+) -> tuple[str, str | None]:
+    """Create a user (and join a team); return the name and any one-time password."""
+    if team is not None:
+        check_team_name(team)
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        accounts = Accounts(SqlAccountRepo(sessions), Argon2Hasher(), SystemClock())
+        user, generated = await accounts.create_user(name, password, is_admin=is_admin)
+        if team is not None:
+            await SqlTeamRepo(sessions).join(user.id, team)
+        return user.name, generated
+    finally:
+        await engine.dispose()
+
+
+async def create_token(
+    settings: Settings, name: str, scopes: str | None, expires_in: float | None
+) -> str:
+    """Issue an API token for ``name``; it is returned once and only its hash is kept."""
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        accounts = Accounts(SqlAccountRepo(sessions), Argon2Hasher(), SystemClock())
+        user = await accounts.get(name)
+        return await accounts.create_token(
+            user,
+            scopes=check_scopes(scopes),
+            expires_in_days=expires_in,
+            note="labdock token create",
+        )
+    finally:
+        await engine.dispose()
+
+
+async def set_quota(
+    settings: Settings, *, user: str | None, team: str | None, limits: dict[str, float | int | None]
+) -> str:
+    """Set the given limits on a user's or a team's quota; return what it now says."""
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        if user is not None:
+            owner = await Accounts(SqlAccountRepo(sessions), Argon2Hasher(), SystemClock()).get(
+                user
+            )
+            row = await SqlQuotaRepo(sessions).set(limits, user_id=owner.id)
+            who = f"user {user}"
+        else:
+            assert team is not None
+            team_id = await SqlTeamRepo(sessions).find(team)
+            if team_id is None:
+                raise NotFound(f"no team {team!r}")
+            row = await SqlQuotaRepo(sessions).set(limits, team_id=team_id)
+            who = f"team {team}"
+        return f"quota of {who}: {describe_limits(row)}"
+    finally:
+        await engine.dispose()

@@ -1,0 +1,288 @@
+"""Settings, read once at start: the TOML file, then ``LABDOCK_*`` variables, then flags.
+
+    settings = load_settings(config_file=Path("labdock.toml"), env=os.environ,
+                             flags={"hub.port": "8001"})
+    settings.hub.port  # 8001
+
+Every value is checked here, so that a bad one stops the hub with a one-line
+message that names the key (``hub.port: expected a whole number, got 'x'``),
+never with a traceback later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hub.domain.errors import ConfigError
+from hub.domain.resources import parse_memory
+
+ENV_PREFIX = "LABDOCK_"
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """The hub process itself."""
+
+    ip: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    # Empty: generated once and kept in <data_dir>/cookie_secret (mode 0600).
+    cookie_secret: str = ""
+    session_hours: float = 12.0
+    admin_user: str = "admin"
+    # Set when the hub sits behind a TLS-terminating proxy: cookies get Secure.
+    public_url: str = ""
+    max_concurrent_launches: int = 8
+    launch_timeout: float = 120.0
+    # How long a launch request waits for readiness before answering 202.
+    launch_wait: float = 30.0
+    # Empty: generated once and kept in the database. Prefixes container names.
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class DbSettings:
+    """The database. Empty URL: SQLite at <data_dir>/labdock.sqlite."""
+
+    url: str = ""
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Where containers run."""
+
+    kind: Literal["docker"] = "docker"
+    # Empty: the SDK's default (DOCKER_HOST or the local socket).
+    docker_host: str = ""
+    threads: int = 16
+    stop_grace: float = 10.0
+    # Extra labels on everything labdock creates, "key=value,key=value".
+    labels: str = ""
+
+
+@dataclass(frozen=True)
+class CapacitySettings:
+    """What the host offers to servers; 0 means: measure this machine."""
+
+    cpus: float = 0.0
+    memory: int = 0
+    # Admins may promise more than the machine has; CPU overcommit is usually safe.
+    overcommit: float = 1.0
+    # GPU ids to hand out, e.g. "0,1"; "auto" asks NVML; empty means none.
+    gpus: str = "auto"
+
+
+@dataclass(frozen=True)
+class ImagesSettings:
+    """Environment image builds."""
+
+    cache_dir: Path = Path(".cache/labdock")
+    # Empty: the first Debian mirror in the machine's apt sources.
+    mirror: str = ""
+
+
+@dataclass(frozen=True)
+class QuotaDefaults:
+    """Quota applied to a user with no quota of their own."""
+
+    cpus: float = 4.0
+    memory: int = 16 * 1024**3
+    gpus: int = 0
+    servers: int = 3
+    storage: int = 20 * 1024**3
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of labdock's settings, validated and frozen."""
+
+    hub: HubSettings = field(default_factory=HubSettings)
+    db: DbSettings = field(default_factory=DbSettings)
+    backend: BackendSettings = field(default_factory=BackendSettings)
+    capacity: CapacitySettings = field(default_factory=CapacitySettings)
+    images: ImagesSettings = field(default_factory=ImagesSettings)
+    quota: QuotaDefaults = field(default_factory=QuotaDefaults)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """``backend.labels`` as a dict."""
+        pairs = (p.partition("=") for p in self.backend.labels.split(",") if p.strip())
+        return {k.strip(): v.strip() for k, _, v in pairs}
+
+    @property
+    def db_url(self) -> str:
+        """The database URL, with the SQLite default filled in."""
+        if self.db.url:
+            return self.db.url
+        return f"sqlite:///{(self.hub.data_dir / 'labdock.sqlite').as_posix()}"
+
+
+_MEMORY_KEYS = {"quota.memory", "quota.storage", "capacity.memory"}
+
+
+def _sections() -> dict[str, type[Any]]:
+    return {f.name: typing.get_type_hints(Settings)[f.name] for f in dataclasses.fields(Settings)}
+
+
+def _convert(key: str, hint: Any, raw: Any) -> Any:
+    """Turn a TOML, environment or flag value into the field's type, or say why not."""
+    if key in _MEMORY_KEYS:
+        try:
+            return parse_memory(raw if isinstance(raw, int) else str(raw), what=key)
+        except Exception as exc:  # InvalidInput: re-raise as a config error
+            raise ConfigError(f"{key}: expected a size such as 16G, got {raw!r}") from exc
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if raw not in allowed:
+            choices = ", ".join(repr(a) for a in allowed)
+            raise ConfigError(f"{key}: must be one of {choices}, got {raw!r}")
+        return raw
+    if origin in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+    if hint is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{key}: expected a whole number, got {raw!r}")
+        try:
+            return int(str(raw).strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected a whole number, got {raw!r}") from None
+    if hint is float:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{key}: expected a number, got {raw!r}")
+        try:
+            return float(str(raw).strip())
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
+    if hint is Path:
+        if not isinstance(raw, str | Path) or not str(raw):
+            raise ConfigError(f"{key}: expected a path, got {raw!r}")
+        return Path(raw)
+    if hint is str:
+        if not isinstance(raw, str):
+            raise ConfigError(f"{key}: expected a string, got {raw!r}")
+        return raw
+    raise ConfigError(f"{key}: unsupported setting type")  # a bug in this module
+
+
+def _check(settings: Settings) -> Settings:
+    hub = settings.hub
+    if not 1 <= hub.port <= 65535:
+        raise ConfigError(f"hub.port: must be between 1 and 65535, got {hub.port}")
+    try:
+        ipaddress.ip_address(hub.ip)
+    except ValueError:
+        if hub.ip not in {"localhost", ""}:
+            raise ConfigError(f"hub.ip: expected an IP address, got {hub.ip!r}") from None
+    if hub.session_hours <= 0:
+        raise ConfigError("hub.session_hours: must be greater than 0")
+    if hub.max_concurrent_launches < 1:
+        raise ConfigError("hub.max_concurrent_launches: must be at least 1")
+    if hub.launch_wait < 0:
+        raise ConfigError("hub.launch_wait: must not be negative")
+    if hub.launch_timeout <= 0:
+        raise ConfigError("hub.launch_timeout: must be greater than 0")
+    if hub.public_url and not hub.public_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"hub.public_url: must start with http:// or https://, got {hub.public_url!r}"
+        )
+    if settings.backend.threads < 1:
+        raise ConfigError("backend.threads: must be at least 1")
+    url = settings.db.url
+    if url and not url.startswith(("sqlite://", "sqlite+", "postgresql://", "postgresql+")):
+        raise ConfigError(
+            f"db.url: expected sqlite:///PATH or postgresql+psycopg://USER@HOST/DB, got {url!r}"
+        )
+    cap = settings.capacity
+    if cap.cpus < 0 or cap.memory < 0:
+        raise ConfigError("capacity: cpus and memory must not be negative (0 measures the host)")
+    if cap.overcommit <= 0:
+        raise ConfigError("capacity.overcommit: must be greater than 0")
+    for pair in filter(None, (p.strip() for p in settings.backend.labels.split(","))):
+        key, sep, _ = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"backend.labels: expected key=value pairs, got {pair!r}")
+    q = settings.quota
+    if q.cpus < 0 or q.memory < 0 or q.gpus < 0 or q.servers < 0 or q.storage < 0:
+        raise ConfigError("quota: limits must not be negative")
+    return settings
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"--config: no such file: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, str | None] | None = None,
+) -> Settings:
+    """Merge file, environment and flags (later wins) into checked ``Settings``.
+
+    ``flags`` maps dotted keys (``"hub.port"``) to raw strings; ``None`` means unset.
+    Raises ``ConfigError`` naming the first bad key.
+    """
+    sections = _sections()
+    values: dict[str, dict[str, Any]] = {name: {} for name in sections}
+
+    def put(section: str, key: str, raw: Any, where: str) -> None:
+        if section not in sections:
+            known = ", ".join(sorted(sections))
+            raise ConfigError(f"{where}: unknown section {section!r} (known: {known})")
+        hints = typing.get_type_hints(sections[section])
+        if key not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"{where}: unknown key {section}.{key} (known: {known})")
+        values[section][key] = _convert(f"{section}.{key}", hints[key], raw)
+
+    if config_file is not None:
+        for section, table in _read_file(config_file).items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{config_file}: {section!r} must be a [section] table")
+            for key, raw in table.items():
+                put(section, key, raw, str(config_file))
+
+    for name, raw in (env or {}).items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        # Only variables naming one of our sections are settings; others
+        # (LABDOCK_TEST_*, variables meant for containers) are not ours to judge.
+        if section in sections:
+            put(section, key, raw, name)
+
+    for dotted, raw in (flags or {}).items():
+        if raw is None:
+            continue
+        section, _, key = dotted.partition(".")
+        put(section, key, raw, "--" + key.replace("_", "-"))
+
+    built = {name: cls(**values[name]) for name, cls in sections.items()}
+    return _check(Settings(**built))

@@ -1,0 +1,1 @@
+"""The data store: schema, engines, migrations and repositories."""

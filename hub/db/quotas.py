@@ -1,0 +1,126 @@
+"""SQL storage of quotas per user and per team.
+
+await SqlQuotaRepo(sessions).set({"memory": 8 * GiB, "servers": 3}, user_id=7)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from hub.db.schema import MembershipRow, QuotaRow, ServerRow, TeamRow, UserRow
+from hub.domain.quotas import Limits
+from hub.domain.records import ACTIVE_STATES
+from hub.domain.resources import format_memory
+
+FIELDS = ("cpus", "memory", "gpus", "servers", "storage")
+
+
+def describe_limits(row: QuotaRow) -> str:
+    """``cpus 4, memory 16 GiB, servers 3`` (unset limits are left out)."""
+    parts = []
+    for name in FIELDS:
+        value = getattr(row, name)
+        if value is None:
+            continue
+        shown = format_memory(value) if name in ("memory", "storage") else f"{value:g}"
+        parts.append(f"{name} {shown}")
+    return ", ".join(parts) or "no limits of its own"
+
+
+class SqlQuotaRepo:
+    """Quotas: one row per user or team; ``None`` in a field means no limit of its own."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def set(
+        self,
+        limits: Mapping[str, float | int | None],
+        *,
+        user_id: int | None = None,
+        team_id: int | None = None,
+    ) -> QuotaRow:
+        """Change the named fields, creating the row if needed; return the row."""
+        owner = QuotaRow.user_id == user_id if user_id is not None else QuotaRow.team_id == team_id
+        for _ in range(2):
+            try:
+                async with self._sessions.begin() as s:
+                    row = await s.scalar(select(QuotaRow).where(owner))
+                    if row is None:
+                        row = QuotaRow(user_id=user_id, team_id=team_id)
+                        s.add(row)
+                    for name, value in limits.items():
+                        if name not in FIELDS:
+                            raise ValueError(f"unknown quota field {name}")
+                        setattr(row, name, value)
+                    await s.flush()
+                    return row
+            except IntegrityError:
+                continue  # created concurrently; update it on the second pass
+        raise RuntimeError("the quota row could not be written")
+
+    async def limits_of(
+        self, *, user_id: int | None = None, team_id: int | None = None
+    ) -> Limits | None:
+        owner = QuotaRow.user_id == user_id if user_id is not None else QuotaRow.team_id == team_id
+        async with self._sessions() as s:
+            row = await s.scalar(select(QuotaRow).where(owner))
+            if row is None:
+                return None
+            return Limits(cpus=row.cpus, memory=row.memory, gpus=row.gpus, servers=row.servers)
+
+    async def _usage(self, s: AsyncSession, user_ids: list[int]) -> dict[str, float | int]:
+        active = [st.value for st in ACTIVE_STATES]
+        row = (
+            await s.execute(
+                select(
+                    func.coalesce(func.sum(ServerRow.cpus), 0),
+                    func.coalesce(func.sum(ServerRow.memory), 0),
+                    func.coalesce(func.sum(ServerRow.gpus), 0),
+                    func.count(ServerRow.id),
+                ).where(ServerRow.user_id.in_(user_ids), ServerRow.state.in_(active))
+            )
+        ).one()
+        return {
+            "cpus": float(row[0]),
+            "memory": int(row[1]),
+            "gpus": int(row[2]),
+            "servers": int(row[3]),
+        }
+
+    async def describe(
+        self, *, user_id: int | None = None, team_id: int | None = None
+    ) -> dict[str, Any]:
+        """A quota's limits (``None``: none of its own) beside what is used now."""
+        owner = QuotaRow.user_id == user_id if user_id is not None else QuotaRow.team_id == team_id
+        async with self._sessions() as s:
+            row = await s.scalar(select(QuotaRow).where(owner))
+            if user_id is not None:
+                members = [user_id]
+            else:
+                members = list(
+                    await s.scalars(
+                        select(MembershipRow.user_id).where(MembershipRow.team_id == team_id)
+                    )
+                )
+            limits = {name: getattr(row, name) if row else None for name in FIELDS}
+            return {"limits": limits, "used": await self._usage(s, members)}
+
+    async def overview(self) -> dict[str, Any]:
+        """Every user's and every team's quota and use, for the admin console."""
+        async with self._sessions() as s:
+            users = list(
+                (await s.execute(select(UserRow.id, UserRow.name).order_by(UserRow.name))).all()
+            )
+            teams = list(
+                (await s.execute(select(TeamRow.id, TeamRow.name).order_by(TeamRow.name))).all()
+            )
+        return {
+            "users": {name: await self.describe(user_id=uid) for uid, name in users},
+            "teams": {name: await self.describe(team_id=tid) for tid, name in teams},
+        }

@@ -1,0 +1,1 @@
+"""Rules of labdock, in plain Python: no tornado, no SQLAlchemy, no Docker."""

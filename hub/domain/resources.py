@@ -1,0 +1,64 @@
+"""Resource amounts and their human spellings.
+
+>>> parse_memory("4G")
+4294967296
+>>> format_memory(2 * GiB)
+'2 GiB'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from hub.domain.errors import InvalidInput
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+_UNITS = {"": 1, "B": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB}
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_memory(text: str | int, *, what: str = "memory") -> int:
+    """Parse ``4G``, ``512M``, ``2GiB`` or a byte count into bytes (binary units)."""
+    if isinstance(text, bool):
+        raise InvalidInput(f"{what}: expected a size such as 4G, got {text!r}")
+    if isinstance(text, int):
+        if text < 0:
+            raise InvalidInput(f"{what}: must not be negative")
+        return text
+    match = _MEMORY.match(str(text))
+    if not match:
+        raise InvalidInput(f"{what}: expected a size such as 512M or 4G, got {text!r}")
+    number, unit = match.groups()
+    return int(float(number) * _UNITS[unit.upper()])
+
+
+def format_memory(n: int) -> str:
+    """The shortest exact-enough binary spelling: ``2 GiB``, ``1.5 GiB``, ``300 MiB``."""
+    for unit, size in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if abs(n) >= size:
+            value = n / size
+            text = f"{value:.1f}".rstrip("0").rstrip(".")
+            return f"{text} {unit}"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one server may use. CPU in cores, memory in bytes."""
+
+    cpus: float
+    memory: int
+    gpus: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cpus <= 0:
+            raise InvalidInput("cpus must be greater than 0")
+        if self.memory <= 0:
+            raise InvalidInput("memory must be greater than 0")
+        if self.gpus < 0:
+            raise InvalidInput("gpus must not be negative")

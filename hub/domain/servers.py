@@ -1,0 +1,171 @@
+"""What the hub asks a backend to run, and what a backend reports back.
+
+spec = ServerSpec(hub_id="h1", user_id=7, server_id=42, image="labdock/python:3f2a",
+                  command=("start.sh",), port=8888, prefix="/user/alice/lab/",
+                  secret="s3cret", resources=Resources(cpus=1, memory=2 * GiB))
+endpoint = await backend.start(spec, progress=print)
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from hub.domain.resources import Resources
+
+
+class ServerState(enum.Enum):
+    """Where a server is in its life. ``UNKNOWN`` means the engine could not be asked."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+# The transitions the hub allows; anything else is a bug or a race to refuse.
+TRANSITIONS: Mapping[ServerState, frozenset[ServerState]] = {
+    ServerState.STOPPED: frozenset({ServerState.STARTING}),
+    ServerState.FAILED: frozenset({ServerState.STARTING, ServerState.STOPPED}),
+    ServerState.STARTING: frozenset(
+        {ServerState.RUNNING, ServerState.FAILED, ServerState.STOPPING, ServerState.UNKNOWN}
+    ),
+    ServerState.RUNNING: frozenset(
+        {ServerState.STOPPING, ServerState.FAILED, ServerState.STOPPED, ServerState.UNKNOWN}
+    ),
+    ServerState.STOPPING: frozenset({ServerState.STOPPED, ServerState.FAILED, ServerState.UNKNOWN}),
+    ServerState.UNKNOWN: frozenset(
+        {ServerState.RUNNING, ServerState.STOPPED, ServerState.FAILED, ServerState.STARTING}
+    ),
+}
+
+
+def can_move(old: ServerState, new: ServerState) -> bool:
+    """Whether the hub may move a server from ``old`` to ``new``."""
+    return old == new or new in TRANSITIONS[old]
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A named volume mounted into a server (a team's shared volume, say).
+
+    The backend creates a missing volume with ``labels`` and gives it to the
+    server's user, since the server itself holds no capability to chown.
+    """
+
+    volume: str
+    target: str
+    read_only: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Everything a backend needs to run one server. Names derive from ids only."""
+
+    hub_id: str
+    user_id: int
+    server_id: int
+    image: str
+    command: tuple[str, ...]
+    port: int
+    prefix: str
+    secret: str
+    resources: Resources
+    pids_limit: int = 1024
+    shm_size: int = 1024 * 1024 * 1024
+    gpu_device_ids: tuple[str, ...] = ()
+    home: str = "/home/analyst"
+    mounts: tuple[Mount, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    readiness_path: str = "/"
+    start_timeout: float = 120.0
+
+    @property
+    def container_name(self) -> str:
+        return f"labdock-{self.hub_id}-s{self.server_id}"
+
+    @property
+    def home_volume(self) -> str:
+        return home_volume_name(self.hub_id, self.user_id)
+
+
+def home_volume_name(hub_id: str, user_id: int) -> str:
+    """The user's home volume: keyed by the immutable user id, never by name."""
+    return f"labdock-{hub_id}-u{user_id}-home"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the hub reaches a started server, on the internal network."""
+
+    host: str
+    port: int
+    container_id: str
+    container_name: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A container the backend found by label, as it is now."""
+
+    server_id: int
+    user_id: int
+    container_id: str
+    container_name: str
+    running: bool
+    endpoint: Endpoint | None
+    exit_code: int | None = None
+    oom_killed: bool = False
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of a launch, as streamed to the user."""
+
+    progress: int
+    message: str
+    ready: bool = False
+    failed: bool = False
+
+
+ProgressSink = Callable[[ProgressEvent], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """A container event the engine reported (``die``, ``oom``, ``start``)."""
+
+    action: str
+    server_id: int
+    container_id: str
+    exit_code: int | None = None
+
+
+class Backend(Protocol):
+    """Runs servers as containers. Implementations: docker (one engine), swarm."""
+
+    async def ping(self) -> None:
+        """Raise ``BackendUnavailable`` when the engine cannot be reached."""
+
+    async def start(self, spec: ServerSpec, progress: ProgressSink) -> Endpoint:
+        """Create and start the container; return once the app answers readiness."""
+
+    async def stop(self, server_id: int, *, remove: bool = False, grace: float = 10.0) -> None:
+        """SIGTERM, then kill after ``grace`` seconds; ``remove`` deletes the container."""
+
+    async def list(self) -> builtins.list[Observed]:
+        """Every container of this hub, found by label."""
+
+    async def logs(self, server_id: int, tail: int = 20) -> builtins.list[str]:
+        """The last ``tail`` lines of a server's output."""

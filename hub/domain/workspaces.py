@@ -1,0 +1,448 @@
+"""Launch, stop, reconcile: the one place that keeps rows, containers and routes in agreement.
+
+    workspaces = Workspaces(repo=repo, backend=backend, routes=routes, catalog=catalog,
+                            policy=policy, clock=SystemClock())
+    record, fresh = await workspaces.launch(owner, "lab", {"environment": "jupyter"})
+    record = await workspaces.wait_ready(record.id, timeout=10)
+    await workspaces.stop(record.id, remove=True)      # the home volume stays
+
+Order matters and is the same everywhere: the database row changes state
+first, then the engine is asked, then the route table follows; a crash between
+any two steps is repaired by ``reconcile`` at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub.domain.accounts import TeamDirectory, User
+from hub.domain.audit import AuditLog
+from hub.domain.catalog import Catalog, Environment, check_server_name, choose_resources
+from hub.domain.clock import Clock
+from hub.domain.errors import (
+    BackendUnavailable,
+    InvalidInput,
+    LabdockError,
+    LaunchFailed,
+    NotFound,
+    QuotaExceeded,
+    TooManyRequests,
+)
+from hub.domain.gpus import allocate
+from hub.domain.progress import ProgressBoard
+from hub.domain.quotas import Limits, Scope, Usage, admit
+from hub.domain.records import AdmissionView, Claim, ServerRecord, WorkspaceRepo
+from hub.domain.resources import Resources, format_memory
+from hub.domain.routes import Route, RouteTable
+from hub.domain.servers import (
+    Backend,
+    EngineEvent,
+    Mount,
+    ProgressEvent,
+    ServerSpec,
+    ServerState,
+)
+
+log = logging.getLogger(__name__)
+
+OOM_WINDOW_S = 30.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Limits and knobs the service applies; built from settings by ``hub.app``."""
+
+    hub_id: str
+    default_quota: Limits
+    host_capacity: Limits
+    gpu_inventory: tuple[str, ...] = ()
+    max_concurrent_launches: int = 8
+    launch_timeout: float = 120.0
+    stop_grace: float = 10.0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def _scopes(view: AdmissionView, policy: Policy) -> tuple[Scope, list[Scope], Scope]:
+    user = Scope("your quota", view.user_limits or policy.default_quota, view.user_usage)
+    teams = [Scope(f"team '{t.name}' quota", t.limits, t.usage) for t in view.teams if t.limits]
+    host = Scope("this host's capacity", policy.host_capacity, view.host_usage)
+    return user, teams, host
+
+
+def stopped_reason(event: EngineEvent, memory: int, oom_seen: bool) -> str:
+    """The plain-words reason a server stopped, from what the engine said."""
+    if oom_seen:
+        return f"stopped: exceeded its {format_memory(memory)} memory limit"
+    if event.exit_code in (None, 0):
+        return "stopped: the app exited"
+    if event.exit_code == 137:
+        return "stopped: it was killed (exit code 137)"
+    return f"stopped: the app exited with code {event.exit_code}"
+
+
+class Workspaces:
+    """The lifecycle of user servers."""
+
+    def __init__(
+        self,
+        *,
+        repo: WorkspaceRepo,
+        backend: Backend,
+        routes: RouteTable,
+        catalog: Catalog,
+        policy: Policy,
+        clock: Clock,
+        teams: TeamDirectory | None = None,
+        audit: AuditLog | None = None,
+        progress: ProgressBoard | None = None,
+    ) -> None:
+        self._repo = repo
+        self._backend = backend
+        self._routes = routes
+        self._catalog = catalog
+        self._policy = policy
+        self._clock = clock
+        self._teams = teams
+        self._audit = audit
+        self.progress = progress or ProgressBoard()
+        self._launches: dict[int, asyncio.Task[None]] = {}
+        self._oom: dict[int, float] = {}
+
+    # Launching --------------------------------------------------------------
+
+    async def environment(self, name: Any) -> Environment:
+        """A launchable environment by name, or a refusal that says why."""
+        if not isinstance(name, str) or not name:
+            raise InvalidInput("environment: name the environment to launch")
+        env = await self._catalog.get(name)
+        if env is None:
+            raise NotFound(f"environment {name!r} is not in the catalog")
+        if not env.launchable:
+            state = "retired" if env.retired else "disabled"
+            raise InvalidInput(f"environment {name!r} is {state} and cannot be launched")
+        return env
+
+    def _decide(self, resources: Resources, env: Environment) -> Any:
+        def decide(view: AdmissionView) -> tuple[str, ...]:
+            user, teams, host = _scopes(view, self._policy)
+            admit(resources, user=user, teams=teams, host=host)
+            return allocate(
+                self._policy.gpu_inventory,
+                view.gpus_in_use,
+                resources.gpus,
+                shareable=env.gpu_shareable,
+            )
+
+        return decide
+
+    async def launch(
+        self, owner: User, server_name: str, body: Mapping[str, Any]
+    ) -> tuple[ServerRecord, bool]:
+        """Admit and start a server; ``False`` when it was already starting or running."""
+        check_server_name(server_name)
+        env = await self.environment(body.get("environment"))
+        resources = choose_resources(env, body)
+        existing = await self._repo.get(owner.id, server_name)
+        if existing is not None and existing.state in (ServerState.STARTING, ServerState.RUNNING):
+            return existing, False
+        if len(self._launches) >= self._policy.max_concurrent_launches:
+            raise TooManyRequests(
+                f"{len(self._launches)} servers are starting right now; try again in a few seconds",
+                retry_after=2,
+            )
+        claim = Claim(
+            user_id=owner.id,
+            name=server_name,
+            environment_id=env.id,
+            image_digest=env.image,
+            resources=resources,
+            secret=secrets.token_urlsafe(32),
+            user_options={k: body[k] for k in ("cpus", "memory", "gpus") if k in body},
+        )
+        try:
+            record, fresh = await self._repo.claim(claim, self._decide(resources, env))
+        except QuotaExceeded as exc:
+            await self._record(
+                owner.id, "server.launch", f"{owner.name}/{server_name}", "refused", exc.message
+            )
+            raise
+        if fresh:
+            self._start_task(record, env)
+        return record, fresh
+
+    async def _record(
+        self, actor_id: int | None, action: str, target: str, outcome: str, message: str
+    ) -> None:
+        if self._audit is not None:
+            await self._audit.record(
+                actor_id=actor_id,
+                action=action,
+                target=target,
+                outcome=outcome,
+                detail={"message": message},
+            )
+
+    def _start_task(self, record: ServerRecord, env: Environment) -> None:
+        self.progress.begin(record.id)
+        self.progress.publish(record.id, ProgressEvent(0, "queued"))
+        task = asyncio.create_task(self._run_launch(record, env), name=f"launch-{record.id}")
+        self._launches[record.id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._launches.get(record.id) is done:
+                del self._launches[record.id]
+
+        task.add_done_callback(forget)
+
+    async def team_mounts(self, user_id: int, home: str) -> tuple[Mount, ...]:
+        """Each of the user's teams' shared volume, at ~/teams/<team>, writable by writers."""
+        if self._teams is None:
+            return ()
+        return tuple(
+            Mount(
+                volume=f"labdock-{self._policy.hub_id}-t{m.team_id}-shared",
+                target=f"{home.rstrip('/')}/teams/{m.team}",
+                read_only=not m.writer,
+                labels={**self._policy.labels, "labdock.team": str(m.team_id)},
+            )
+            for m in await self._teams.memberships(user_id)
+        )
+
+    def spec(
+        self, record: ServerRecord, env: Environment, mounts: tuple[Mount, ...] = ()
+    ) -> ServerSpec:
+        """What the backend is asked to run for this record."""
+        return ServerSpec(
+            hub_id=self._policy.hub_id,
+            user_id=record.user_id,
+            server_id=record.id,
+            image=env.image,
+            command=env.command,
+            port=env.port,
+            prefix=record.prefix,
+            secret=record.secret,
+            resources=record.resources,
+            pids_limit=env.pids_limit,
+            shm_size=env.shm_size,
+            gpu_device_ids=record.gpu_ids,
+            home=env.home,
+            mounts=mounts,
+            env={"LABDOCK_USER": record.user_name, "LABDOCK_SERVER_NAME": record.name},
+            labels=dict(self._policy.labels),
+            readiness_path=env.readiness_path,
+            start_timeout=self._policy.launch_timeout,
+        )
+
+    def route(self, record: ServerRecord, env: Environment | None, host: str, port: int) -> Route:
+        return Route(
+            user=record.user_name,
+            server=record.name,
+            user_id=record.user_id,
+            server_id=record.id,
+            target=f"http://{host}:{port}",
+            secret=record.secret,
+            keep_prefix=env.keep_prefix if env else True,
+        )
+
+    async def _run_launch(self, record: ServerRecord, env: Environment) -> None:
+        sid = record.id
+
+        def report(event: ProgressEvent) -> None:
+            if not (event.ready or event.failed):
+                self.progress.publish(sid, event)
+
+        try:
+            mounts = await self.team_mounts(record.user_id, env.home)
+            endpoint = await self._backend.start(self.spec(record, env, mounts), report)
+        except asyncio.CancelledError:
+            raise
+        except LabdockError as exc:
+            logs = exc.logs if isinstance(exc, LaunchFailed) else ()
+            await self._repo.mark(sid, ServerState.FAILED, reason=f"failed to start: {exc.message}")
+            self.progress.publish(
+                sid, ProgressEvent(100, _with_logs(exc.message, logs), failed=True)
+            )
+            return
+        except Exception as exc:
+            log.exception("launch of server %s failed", sid)
+            await self._repo.mark(sid, ServerState.FAILED, reason="failed to start: internal error")
+            self.progress.publish(
+                sid, ProgressEvent(100, f"labdock hit an internal error: {exc}", failed=True)
+            )
+            return
+        await self._repo.mark_running(sid, endpoint, self._clock.now())
+        self._routes.add(self.route(record, env, endpoint.host, endpoint.port))
+        self.progress.publish(sid, ProgressEvent(100, "ready", ready=True))
+
+    async def wait_ready(self, server_id: int, within: float) -> ServerRecord:
+        """The record once its launch ends, or as it is after ``within`` seconds."""
+        task = self._launches.get(server_id)
+        if task is not None:
+            await asyncio.wait({task}, timeout=within)
+        record = await self._repo.by_id(server_id)
+        if record is None:
+            raise NotFound("the server was deleted")
+        return record
+
+    # Stopping ---------------------------------------------------------------
+
+    async def stop(
+        self, server_id: int, *, remove: bool = False, reason: str | None = None
+    ) -> None:
+        """SIGTERM, then kill after the grace period; ``remove`` deletes the container too."""
+        record = await self._repo.by_id(server_id)
+        if record is None:
+            raise NotFound("no such server")
+        task = self._launches.get(server_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self.progress.publish(server_id, ProgressEvent(100, "launch cancelled", failed=True))
+        await self._repo.mark(server_id, ServerState.STOPPING)
+        self._routes.remove(server_id)
+        try:
+            await self._backend.stop(server_id, remove=remove, grace=self._policy.stop_grace)
+        except BackendUnavailable:
+            await self._repo.mark(
+                server_id, ServerState.UNKNOWN, reason="the engine is unreachable"
+            )
+            raise
+        await self._repo.mark(
+            server_id, ServerState.STOPPED, reason=reason, forget_container=remove
+        )
+
+    async def restart(self, owner: User, server_name: str) -> tuple[ServerRecord, bool]:
+        """Stop a server (keeping its container's volume) and launch it again as it was."""
+        record = await self._repo.get(owner.id, server_name)
+        if record is None:
+            raise NotFound(f"{owner.name} has no server {server_name!r}")
+        env = await self._catalog.by_id(record.environment_id or 0)
+        if env is None:
+            raise NotFound("the environment of this server is no longer in the catalog")
+        if record.state not in (ServerState.STOPPED, ServerState.FAILED):
+            await self.stop(record.id, remove=True)
+        body = {"environment": env.name, **record.user_options}
+        return await self.launch(owner, server_name, body)
+
+    # Engine events and recovery ---------------------------------------------
+
+    async def on_engine_event(self, event: EngineEvent) -> None:
+        """Learn crashes and OOM kills from the engine, and say so in plain words."""
+        now = time.monotonic()
+        if event.action == "oom":
+            self._oom[event.server_id] = now
+            return
+        if event.action != "die":
+            return
+        record = await self._repo.by_id(event.server_id)
+        if record is None or record.state != ServerState.RUNNING:
+            return  # our own stop, or a launch the backend is already handling
+        oom_at = self._oom.pop(event.server_id, None)
+        oom = oom_at is not None and now - oom_at < OOM_WINDOW_S
+        reason = stopped_reason(event, record.resources.memory, oom)
+        if await self._repo.mark(
+            event.server_id,
+            ServerState.STOPPED,
+            reason=reason,
+            expect=frozenset({ServerState.RUNNING}),
+        ):
+            self._routes.remove(event.server_id)
+            log.info("server %s %s", event.server_id, reason)
+
+    async def follow_engine(self, events: Any) -> None:
+        """Consume an async iterator of ``EngineEvent`` until it ends or is cancelled."""
+        async for event in events:
+            try:
+                await self.on_engine_event(event)
+            except Exception:
+                log.exception("could not handle engine event %s", event)
+
+    async def reconcile(self) -> None:
+        """Bring rows, containers and routes into agreement after a (re)start.
+
+        Running containers of running rows are adopted, rows whose container
+        vanished are marked stopped, interrupted launches are resumed, and
+        containers of this hub that no row claims are removed. If the engine
+        cannot be asked, routes are rebuilt from the rows and nothing is
+        marked stopped or deleted.
+        """
+        records = await self._repo.all()
+        try:
+            observed = {o.server_id: o for o in await self._backend.list()}
+        except BackendUnavailable:
+            log.warning("engine unreachable at start: server states are unknown")
+            for record in records:
+                if record.state == ServerState.RUNNING and record.host and record.port:
+                    env = await self._catalog.by_id(record.environment_id or 0)
+                    self._routes.add(self.route(record, env, record.host, record.port))
+            return
+        for record in records:
+            seen = observed.pop(record.id, None)
+            env = await self._catalog.by_id(record.environment_id or 0)
+            if record.state in (ServerState.RUNNING, ServerState.UNKNOWN):
+                if seen is not None and seen.running and seen.endpoint is not None:
+                    await self._repo.mark_running(
+                        record.id, seen.endpoint, record.started or self._clock.now()
+                    )
+                    self._routes.add(
+                        self.route(record, env, seen.endpoint.host, seen.endpoint.port)
+                    )
+                else:
+                    why = "stopped while the hub was away"
+                    if seen is not None and seen.oom_killed:
+                        limit = format_memory(record.resources.memory)
+                        why = f"stopped: exceeded its {limit} memory limit"
+                    elif seen is not None and seen.exit_code not in (None, 0):
+                        why = f"stopped while the hub was away (exit code {seen.exit_code})"
+                    await self._repo.mark(record.id, ServerState.STOPPED, reason=why)
+            elif record.state == ServerState.STARTING:
+                if env is not None and env.launchable:
+                    self._start_task(record, env)
+                else:
+                    await self._repo.mark(
+                        record.id,
+                        ServerState.FAILED,
+                        reason="failed to start: its environment is no longer available",
+                    )
+            elif record.state == ServerState.STOPPING:
+                await self._backend.stop(record.id, grace=self._policy.stop_grace)
+                await self._repo.mark(record.id, ServerState.STOPPED)
+            elif seen is not None and seen.running:
+                await self._backend.stop(record.id, grace=self._policy.stop_grace)
+        for orphan in observed.values():
+            log.info("removing container %s: no server of this hub owns it", orphan.container_name)
+            await self._backend.stop(orphan.server_id, remove=True, grace=0)
+
+    async def close(self) -> None:
+        """Cancel launches in flight; their rows are resumed by the next ``reconcile``."""
+        tasks = list(self._launches.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @property
+    def launching(self) -> int:
+        return len(self._launches)
+
+
+def _with_logs(message: str, logs: tuple[str, ...]) -> str:
+    if not logs:
+        return message
+    return message + "\n\nLast lines of its output:\n" + "\n".join(logs)
+
+
+def usage_of(records: list[ServerRecord]) -> Usage:
+    """What a list of servers holds (for display)."""
+    active = [r for r in records if r.state in (ServerState.STARTING, ServerState.RUNNING)]
+    return Usage(
+        cpus=sum(r.resources.cpus for r in active),
+        memory=sum(r.resources.memory for r in active),
+        gpus=sum(r.resources.gpus for r in active),
+        servers=len(active),
+    )

@@ -1,0 +1,1 @@
+"""HTTP: pages, REST API, health, and (later) the proxy to user servers."""

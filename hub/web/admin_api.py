@@ -1,0 +1,164 @@
+"""Users and quotas through the REST API (admins, and holders of admin scopes).
+
+    POST  /hub/api/users/bob        {"admin": false, "teams": ["risk"]}   -> 201
+    PATCH /hub/api/users/bob        {"disabled": true}
+    GET   /hub/api/quotas
+    PUT   /hub/api/quotas/teams/risk {"memory": "8G", "servers": 6}
+
+Holding ``admin:users`` lets one create and disable users, never make anyone
+an admin: only admins do that. A scope narrowed to one user
+(``admin:users!user=bob``) acts on that user only and creates nobody.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hub.domain.accounts import check_team_name, may_act_on
+from hub.domain.errors import Forbidden, InvalidInput, NotFound
+from hub.domain.resources import parse_memory
+from hub.web.servers_api import ApiHandler, user_model
+
+QUOTA_FIELDS = {"cpus": float, "memory": "size", "gpus": int, "servers": int, "storage": "size"}
+
+
+def _flag(body: dict[str, Any], key: str) -> bool | None:
+    value = body.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidInput(f"{key}: expected true or false")
+
+
+class UserHandler(ApiHandler):
+    """``/hub/api/users/{name}``: read, create, and change a user."""
+
+    async def get(self, name: str) -> None:
+        owner = await self.owner(name, "read:servers")
+        self.write_json(user_model(owner, await self.deps.servers.of_user(owner.id)))
+
+    async def post(self, name: str) -> None:
+        actor = self.require("admin:users")  # a narrowed scope cannot create users
+        body = self.json_body()
+        unknown = set(body) - {"admin", "teams", "password"}
+        if unknown:
+            raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+        make_admin = bool(_flag(body, "admin"))
+        if make_admin and not actor.is_admin:
+            raise Forbidden("only admins may create admins")
+        teams = body.get("teams", [])
+        if not isinstance(teams, list) or not all(isinstance(t, str) for t in teams):
+            raise InvalidInput("teams: expected a list of team names")
+        for team in teams:
+            check_team_name(team)
+        password = body.get("password")
+        if password is not None and not isinstance(password, str):
+            raise InvalidInput("password: expected a string")
+        user, one_time = await self.deps.accounts.create_user(name, password, is_admin=make_admin)
+        for team in teams:
+            await self.deps.teams.join(user.id, team)
+        await self.deps.audit.record(
+            actor_id=actor.id,
+            action="user.create",
+            target=name,
+            detail={"admin": make_admin, "teams": teams},
+        )
+        model = user_model(user, [])
+        if one_time:
+            model["one_time_password"] = one_time
+        self.write_json(model, 201)
+
+    async def patch(self, name: str) -> None:
+        actor = self.require_any("admin:users")
+        if (
+            not may_act_on(actor, self.scopes, "admin:users", name)
+            or (name == actor.name
+            and not actor.is_admin)
+        ):
+            raise Forbidden(f"you may not change user {name!r}")
+        body = self.json_body()
+        unknown = set(body) - {"admin", "disabled"}
+        if unknown:
+            raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
+        admin, disabled = _flag(body, "admin"), _flag(body, "disabled")
+        if admin is not None and not actor.is_admin:
+            raise Forbidden("only admins may make or unmake admins")
+        if disabled and name == actor.name:
+            raise InvalidInput("you cannot disable yourself")
+        target = await self.deps.accounts.get(name)
+        updated = await self.deps.accounts.update(target, is_admin=admin, disabled=disabled)
+        await self.deps.audit.record(
+            actor_id=actor.id,
+            action="user.update",
+            target=name,
+            detail={"admin": admin, "disabled": disabled},
+        )
+        self.write_json(user_model(updated, await self.deps.servers.of_user(updated.id)))
+
+
+def quota_limits(body: dict[str, Any]) -> dict[str, float | int | None]:
+    """Validate a quota body: numbers, sizes such as ``8G``, or null to lift a limit."""
+    unknown = set(body) - set(QUOTA_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown quota field(s): {', '.join(sorted(unknown))}")
+    limits: dict[str, float | int | None] = {}
+    for key, kind in QUOTA_FIELDS.items():
+        if key not in body:
+            continue
+        value = body[key]
+        if value is None:
+            limits[key] = None
+            continue
+        if isinstance(value, bool):
+            raise InvalidInput(f"{key}: expected a number")
+        if kind == "size":
+            limits[key] = parse_memory(
+                value if isinstance(value, int | str) else str(value), what=key
+            )
+        elif kind is int:
+            if not isinstance(value, int):
+                raise InvalidInput(f"{key}: expected a whole number")
+            limits[key] = value
+        else:
+            if not isinstance(value, int | float):
+                raise InvalidInput(f"{key}: expected a number")
+            limits[key] = float(value)
+        if (limits[key] or 0) < 0:
+            raise InvalidInput(f"{key}: must not be negative")
+    if not limits:
+        raise InvalidInput(f"give at least one of {', '.join(QUOTA_FIELDS)}")
+    return limits
+
+
+class QuotasHandler(ApiHandler):
+    """``GET /hub/api/quotas``: every user's and team's quota."""
+
+    async def get(self) -> None:
+        self.require("admin:quotas")
+        self.write_json(await self.deps.quotas.overview())
+
+
+class QuotaHandler(ApiHandler):
+    """``GET/PUT /hub/api/quotas/(users|teams)/{name}``."""
+
+    async def _owner_ids(self, kind: str, name: str) -> dict[str, int]:
+        if kind == "users":
+            return {"user_id": (await self.deps.accounts.get(name)).id}
+        team_id = await self.deps.teams.find(name)
+        if team_id is None:
+            raise NotFound(f"no team {name!r}")
+        return {"team_id": team_id}
+
+    async def get(self, kind: str, name: str) -> None:
+        self.require("admin:quotas")
+        ids = await self._owner_ids(kind, name)
+        self.write_json(await self.deps.quotas.describe(**ids))
+
+    async def put(self, kind: str, name: str) -> None:
+        actor = self.require("admin:quotas")
+        limits = quota_limits(self.json_body())
+        ids = await self._owner_ids(kind, name)
+        await self.deps.quotas.set(limits, **ids)
+        await self.deps.audit.record(
+            actor_id=actor.id, action="quota.set", target=f"{kind[:-1]}:{name}", detail=dict(limits)
+        )
+        self.write_json(await self.deps.quotas.describe(**ids))

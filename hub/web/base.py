@@ -1,0 +1,205 @@
+"""The base of every handler: who is asking, and how errors are shown.
+
+    class Home(BaseHandler):
+        @authenticated_page
+        async def get(self) -> None:
+            self.render_page("home.html", user=self.user)
+
+Domain errors map to HTTP status codes here, once. API paths answer JSON
+``{"status": 403, "message": "..."}``; pages answer HTML with the same message.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+import tornado.web
+
+from hub.domain.accounts import SCOPES, User
+from hub.domain.errors import (
+    BackendUnavailable,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    LabdockError,
+    LaunchFailed,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
+from hub.web.deps import WebDeps
+
+STATUS_OF: tuple[tuple[type[LabdockError], int], ...] = (
+    (InvalidInput, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+    (TooManyRequests, 429),
+    (BackendUnavailable, 503),
+    # The app in the container failed, not the hub: a gateway error.
+    (LaunchFailed, 502),
+)
+
+
+def status_for(error: LabdockError) -> int:
+    """The HTTP status a domain error is shown with."""
+    for cls, status in STATUS_OF:
+        if isinstance(error, cls):
+            return status
+    return 500
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Finds the current user from the session cookie; renders errors kindly."""
+
+    deps: WebDeps
+    user: User | None
+    scopes: frozenset[str]
+
+    def initialize(self, deps: WebDeps) -> None:
+        self.deps = deps
+        self.user = None
+        self.scopes = frozenset()
+
+    @property
+    def is_api(self) -> bool:
+        return self.request.path.startswith("/hub/api")
+
+    async def prepare(self) -> None:
+        token = self._presented_token()
+        if token is not None:
+            grant = await self.deps.accounts.token_grant(token)
+            if grant is None:
+                raise Unauthorized("the API token is unknown, revoked or expired")
+            self.user, self.scopes = grant.user, grant.scopes
+            return
+        self.user = await self._user_from_cookie()
+        # A browser session may do whatever its user may do.
+        self.scopes = SCOPES if self.user is not None else frozenset()
+
+    def _presented_token(self) -> str | None:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() in ("token", "bearer") and value.strip():
+            return value.strip()
+        return None
+
+    def check_xsrf_cookie(self) -> None:
+        # A request carrying a token in a header cannot be forged by another site
+        # (browsers do not add such headers cross-origin); cookies need the XSRF check.
+        if self._presented_token() is not None:
+            return
+        super().check_xsrf_cookie()
+
+    def require_any(self, scope: str) -> User:
+        """The current user if they hold ``scope`` in any form (plain or narrowed)."""
+        if self.user is None:
+            raise Unauthorized("log in, or send an API token in the Authorization header")
+        if not any(s == scope or s.startswith(scope + "!") for s in self.scopes):
+            raise Forbidden(f"this token lacks the {scope!r} scope")
+        return self.user
+
+    def require(self, scope: str) -> User:
+        """The current user if the request holds ``scope``; else 401 or 403."""
+        if self.user is None:
+            raise Unauthorized("log in, or send an API token in the Authorization header")
+        if scope not in self.scopes:
+            raise Forbidden(f"this token lacks the {scope!r} scope")
+        return self.user
+
+    async def _user_from_cookie(self) -> User | None:
+        raw = self.get_signed_cookie(
+            self.deps.session_cookie,
+            max_age_days=self.deps.settings.hub.session_hours / 24 + 1,
+        )
+        if not raw:
+            return None
+        return await self.deps.accounts.session_user(raw.decode())
+
+    def get_current_user(self) -> User | None:
+        return self.user
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("X-Frame-Options", "DENY")
+
+    # Rendering -------------------------------------------------------------
+
+    def render_page(self, name: str, **context: Any) -> None:
+        """Render a jinja2 template from ``templates/`` with the common context."""
+        template = self.deps.templates.get_template(name)
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
+        )
+        self.finish(
+            template.render(
+                user=self.user,
+                xsrf_form_html=self.xsrf_form_html(),
+                static_url=self.static_url,
+                **context,
+            )
+        )
+
+    def write_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(json.dumps(payload))
+
+    # Errors ---------------------------------------------------------------
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, LabdockError):
+            return  # expected outcomes, not bugs; the audit log records what matters
+        super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, LabdockError):
+            status_code = status_for(exc)
+            message = exc.message
+            self.set_status(status_code)
+            if isinstance(exc, TooManyRequests):
+                self.set_header("Retry-After", str(exc.retry_after))
+        elif isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
+            message = exc.log_message % exc.args if exc.args else exc.log_message
+        elif status_code >= 500:
+            message = "labdock hit an internal error; the hub's log has the details"
+        if self.is_api:
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.finish(json.dumps({"status": status_code, "message": message}))
+            return
+        self.clear_header("Content-Type")
+        self.render_page("error.html", status=status_code, message=message)
+
+    def login_url_for(self, next_url: str) -> str:
+        return "/hub/login?" + urlencode({"next": next_url})
+
+
+H = TypeVar("H", bound=BaseHandler)
+
+
+def authenticated_page(
+    method: Callable[[H], Awaitable[None]],
+) -> Callable[[H], Awaitable[None]]:
+    """Send visitors without a session to the login page, coming back here after."""
+
+    @functools.wraps(method)
+    async def wrapper(self: H) -> None:
+        if self.user is None:
+            self.redirect(self.login_url_for(self.request.uri or "/hub/home"))
+            return
+        if self.user.must_change_password and self.request.path != "/hub/password":
+            self.redirect("/hub/password")
+            return
+        await method(self)
+
+    return wrapper

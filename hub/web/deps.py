@@ -1,0 +1,69 @@
+"""What the web handlers need, handed to them by ``hub.app`` through ``initialize``.
+
+app = Application([(r"/hub/login", LoginHandler, {"deps": deps})])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from jinja2 import Environment
+
+from hub.config import Settings
+from hub.domain.accounts import Accounts, TeamDirectory
+from hub.domain.audit import AuditLog
+from hub.domain.catalog import Catalog
+from hub.domain.records import WorkspaceRepo
+from hub.domain.throttle import LoginThrottle
+from hub.domain.workspaces import Workspaces
+
+HealthCheck = Callable[[], Awaitable[None]]
+
+
+class QuotaStore(Protocol):
+    """Quotas as the admin API reads and writes them."""
+
+    async def set(
+        self,
+        limits: Mapping[str, float | int | None],
+        *,
+        user_id: int | None = None,
+        team_id: int | None = None,
+    ) -> object: ...
+
+    async def describe(
+        self, *, user_id: int | None = None, team_id: int | None = None
+    ) -> dict[str, Any]: ...
+
+    async def overview(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class WebDeps:
+    """The collaborators of every handler, built once in ``hub.app``."""
+
+    settings: Settings
+    accounts: Accounts
+    templates: Environment
+    static_dir: Path
+    check_db: HealthCheck
+    check_backend: HealthCheck
+    workspaces: Workspaces
+    servers: WorkspaceRepo
+    catalog: Catalog
+    teams: TeamDirectory
+    throttle: LoginThrottle
+    quotas: QuotaStore
+    audit: AuditLog
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.settings.hub.public_url.startswith("https://")
+
+    @property
+    def session_cookie(self) -> str:
+        # __Host- binds the cookie to this exact origin, which browsers allow only over HTTPS.
+        return "__Host-labdock-session" if self.secure_cookies else "labdock-session"

@@ -1,0 +1,151 @@
+"""HTML pages: login, logout, password change and home.
+
+GET  /hub/login?next=/user/alice/   the form
+POST /hub/login                     sets the session cookie, goes to ``next``
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import unquote, urlsplit
+
+from hub.domain.errors import Forbidden, LabdockError, TooManyRequests
+from hub.web.base import BaseHandler, authenticated_page
+
+log = logging.getLogger(__name__)
+
+HOME = "/hub/home"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def safe_next(target: str | None) -> str:
+    """A local path to go to after login; anything that could leave the hub becomes home.
+
+    Refuses ``//evil``, ``/\\evil``, ``https://host//evil``, encoded variants
+    of those, and control characters, which browsers may strip into the above.
+    """
+    if not target:
+        return HOME
+    for candidate in (target, unquote(target)):
+        if _CONTROL.search(candidate) or "\\" in candidate:
+            return HOME
+        if not candidate.startswith("/") or candidate.startswith("//"):
+            return HOME
+        parts = urlsplit(candidate)
+        if parts.scheme or parts.netloc:
+            return HOME
+    return target
+
+
+class LoginHandler(BaseHandler):
+    """The login form."""
+
+    async def get(self) -> None:
+        next_url = safe_next(self.get_argument("next", None))
+        if self.user is not None:
+            self.redirect(next_url)
+            return
+        self.render_page("login.html", next=next_url, error=None, username="")
+
+    async def post(self) -> None:
+        next_url = safe_next(self.get_argument("next", None))
+        username = self.get_argument("username", "").strip()[:64]
+        password = self.get_argument("password", "")
+        address = self.request.remote_ip or "?"
+        throttle = self.deps.throttle
+        try:
+            throttle.check(username, address)
+            user = await self.deps.accounts.authenticate(username, password)
+        except TooManyRequests as exc:
+            self.set_status(429)
+            self.set_header("Retry-After", str(exc.retry_after))
+            self.render_page("login.html", next=next_url, error=exc.message, username=username[:32])
+            return
+        except LabdockError as exc:
+            throttle.failed(username, address)
+            # %r escapes control characters, so a hostile name cannot forge log lines.
+            log.warning("failed login for %r from %s", username[:32], address)
+            self.set_status(403 if isinstance(exc, Forbidden) else 401)
+            self.render_page("login.html", next=next_url, error=exc.message, username=username[:32])
+            return
+        throttle.succeeded(username, address)
+        session_id = await self.deps.accounts.start_session(
+            user, hours=self.deps.settings.hub.session_hours
+        )
+        self.set_signed_cookie(
+            self.deps.session_cookie,
+            session_id,
+            expires_days=None,
+            httponly=True,
+            samesite="Lax",
+            secure=self.deps.secure_cookies,
+            path="/",
+        )
+        self.redirect("/hub/password" if user.must_change_password else next_url)
+
+
+class LogoutHandler(BaseHandler):
+    """Ends the session (POST, so a link elsewhere cannot log anyone out)."""
+
+    async def post(self) -> None:
+        raw = self.get_signed_cookie(self.deps.session_cookie)
+        if raw:
+            await self.deps.accounts.end_session(raw.decode())
+        self.clear_cookie(self.deps.session_cookie, path="/")
+        self.redirect("/hub/login")
+
+
+class PasswordHandler(BaseHandler):
+    """Change one's password; required after a one-time password."""
+
+    @authenticated_page
+    async def get(self) -> None:
+        self.render_page("password.html", error=None, done=False)
+
+    @authenticated_page
+    async def post(self) -> None:
+        assert self.user is not None
+        new = self.get_argument("new", "")
+        if new != self.get_argument("confirm", ""):
+            self.set_status(400)
+            self.render_page("password.html", error="the two new passwords differ", done=False)
+            return
+        try:
+            await self.deps.accounts.change_password(
+                self.user.id, self.get_argument("current", ""), new
+            )
+        except LabdockError as exc:
+            self.set_status(400)
+            self.render_page("password.html", error=exc.message, done=False)
+            return
+        self.redirect(HOME)
+
+
+class HomeHandler(BaseHandler):
+    """The analyst's home page."""
+
+    @authenticated_page
+    async def get(self) -> None:
+        self.render_page("home.html")
+
+
+class RootHandler(BaseHandler):
+    """``/`` and ``/hub/``: to home, or to the login page."""
+
+    async def get(self) -> None:
+        self.redirect(HOME if self.user else "/hub/login")
+
+
+class NotFoundHandler(BaseHandler):
+    """Anything unrouted: a plain 404 page (or JSON under /hub/api)."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        self.set_status(404)
+        if self.is_api:
+            self.write_json(
+                {"status": 404, "message": f"no such API path: {self.request.path}"}, 404
+            )
+        else:
+            self.render_page("error.html", status=404, message="There is nothing at this address.")

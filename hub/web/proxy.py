@@ -1,0 +1,522 @@
+"""The hub's authenticated reverse proxy: ``/user/<name>/<server>/...`` to the user's container.
+
+    routes, activity, pool = RouteTable(), ActivityTracker(), UpstreamPool()
+    app = tornado.web.Application(
+        make_routes(deps) + proxy_routes(deps, routes, activity, upstream=pool),
+        cookie_secret=secret, xsrf_cookies=True, ...)
+    routes.add(Route(user="alice", server="", user_id=7, server_id=42,
+                     target="http://172.18.0.5:8888", secret="s"))
+    # GET /user/alice/tree  ->  GET http://172.18.0.5:8888/user/alice/tree
+    #                           Authorization: token s
+
+Every request, plain or WebSocket, goes through the same steps:
+
+1. The path is made canonical (``canonical_path``) before anything matches it;
+   a path that cannot be (encoded slashes, ``;``, backslashes, ``..`` above the
+   root) is refused with 400.
+2. Who asks: ``BaseHandler.prepare`` sets ``self.user`` from the session cookie
+   or an API token (which must hold the ``access:servers`` scope). Nobody: a
+   browser is sent to the login page, an API client gets 401. Somebody the
+   route does not let in (``Route.may_access``): 403. WebSocket upgrades, and
+   writes made with a cookie, must come from the hub's own origin: 403 if not.
+3. The request goes upstream with the server's secret as its only credential:
+   the client's ``Authorization`` is replaced, and the hub's session and XSRF
+   cookies are taken out of ``Cookie``, so a server shared with a visitor never
+   sees the visitor's hub credentials. Redirects are passed back, never followed.
+4. Bodies stream both ways in pieces, with back-pressure, so a 2 GB upload or
+   download never sits in the hub's memory.
+5. The time is noted for activity tracking (a dict store; the DB is written in
+   batches elsewhere).
+
+A missing route, a stopped server or one that does not answer gives a page that
+says so (or JSON ``{"status": 503, "message": ...}`` for API clients); a server
+that makes no progress for ``UpstreamPool.idle_timeout`` gives 504.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http.client import responses
+from typing import Any
+from urllib.parse import urlsplit
+
+import tornado.web
+from jinja2 import Template
+from tornado.http1connection import HTTP1Connection
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketHandler
+
+from hub.domain.activity import ActivityTracker
+from hub.domain.errors import InvalidInput, LabdockError
+from hub.domain.routes import Route, RouteTable, canonical_path, upstream_path
+from hub.web.base import BaseHandler, status_for
+from hub.web.deps import WebDeps
+from hub.web.pages import safe_next
+from hub.web.proxy_headers import (
+    Forwarded,
+    connection_tokens,
+    request_framing,
+    response_headers,
+    upstream_headers,
+)
+from hub.web.proxy_upstream import (
+    UpstreamError,
+    UpstreamExchange,
+    UpstreamHead,
+    UpstreamPool,
+)
+from hub.web.proxy_ws import WebSocketBridge
+
+Describe = Callable[[str, str], Awaitable[str | None]]
+"""``describe(user_name, server_name)``: the server's state in words, or ``None`` if not running."""
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The scope a token needs to reach user servers; browser sessions hold every scope.
+ACCESS_SCOPE = "access:servers"
+
+_PAGE = """{% extends "base.html" %}
+{% block title %}{{ title }} · labdock{% endblock %}
+{% block main %}
+<section class="card narrow">
+  <h1>{{ title }}</h1>
+  <p>{{ message }}</p>
+  {% if start %}<p><a class="button" href="/hub/home">Start it from your home page</a></p>
+  {% else %}<p><a href="/hub/home">Back to labdock</a></p>{% endif %}
+</section>
+{% endblock %}
+"""
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """What every proxy handler shares; built once by ``proxy_routes``."""
+
+    routes: RouteTable
+    activity: ActivityTracker
+    upstream: UpstreamPool
+    describe: Describe | None
+    page: Template
+    max_body_size: int
+    public_origin: str  # "https://hub.example.org", or "" when hub.public_url is unset
+    public_scheme: str
+    hub_cookies: frozenset[str]  # never sent upstream
+    ws_handshake_timeout: float
+
+
+def proxy_routes(
+    deps: WebDeps,
+    routes: RouteTable,
+    activity: ActivityTracker,
+    *,
+    describe: Describe | None = None,
+    upstream: UpstreamPool | None = None,
+    max_body_size: int = 64 * 1024**3,
+    ws_handshake_timeout: float = 30.0,
+) -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, object]]]:
+    """The URL rule of the proxy, to add to ``hub.app.make_routes``.
+
+    ``upstream`` holds the keep-alive connections and the time limits
+    (connect 5 s, idle 300 s by default); pass one in so that the hub can close
+    it on shutdown. ``max_body_size`` caps one request body (64 GiB).
+    """
+    public = urlsplit(deps.settings.hub.public_url)
+    settings = ProxySettings(
+        routes=routes,
+        activity=activity,
+        upstream=upstream if upstream is not None else UpstreamPool(),
+        describe=describe,
+        page=deps.templates.from_string(_PAGE),
+        max_body_size=max_body_size,
+        public_origin=f"{public.scheme}://{public.netloc}".lower() if public.netloc else "",
+        public_scheme=public.scheme if public.netloc else "",
+        hub_cookies=frozenset({deps.session_cookie, "_xsrf"}),
+        ws_handshake_timeout=ws_handshake_timeout,
+    )
+    return [(r"/user/.*", ProxyHandler, {"deps": deps, "proxy": settings})]
+
+
+@tornado.web.stream_request_body
+class ProxyHandler(WebSocketHandler, BaseHandler):
+    """``/user/<name>/<server>/...``: plain HTTP and WebSocket upgrades alike.
+
+    One class for both because they share a URL; ``get`` tells them apart by
+    the ``Upgrade: websocket`` header, as jupyter-server-proxy does.
+    """
+
+    proxy: ProxySettings
+
+    def initialize(self, deps: WebDeps, proxy: ProxySettings) -> None:  # type: ignore[override]
+        super().initialize(deps)
+        self.proxy = proxy
+        self._route: Route | None = None
+        self._exchange: UpstreamExchange | None = None
+        self._bridge: WebSocketBridge | None = None
+        self._rest = ""
+        self._websocket = False
+        self._streaming = False
+        self._client_gone = False
+
+    def set_default_headers(self) -> None:
+        # Proxied responses carry the server's headers, not the hub's page
+        # headers; _refuse adds those to the hub's own pages.
+        pass
+
+    def check_xsrf_cookie(self) -> None:
+        # The hub's XSRF token belongs to the hub's forms; user servers have
+        # their own. Cross-site writes are stopped by the Origin check in
+        # prepare and by the SameSite session cookie.
+        pass
+
+    def compute_etag(self) -> str | None:
+        return None  # the server's ETag, if any, passes through untouched
+
+    # Who may pass ----------------------------------------------------------
+
+    async def prepare(self) -> None:
+        self._transforms = []  # no gzip by the hub: bytes go out as the server sent them
+        await super().prepare()
+        request = self.request
+        try:
+            path = canonical_path(request.path)
+        except InvalidInput as exc:
+            self._refuse(400, exc.message)
+            return
+        found = self.proxy.routes.match(path)
+        user = self.user
+        if user is None:
+            self._login_or_401(path)
+            return
+        if user.must_change_password and self._wants_html:
+            self.redirect("/hub/password")
+            return
+        if found is None:
+            await self._not_running(path)
+            return
+        route, rest = found
+        if not route.may_access(user.id, is_admin=user.is_admin):
+            self._refuse(403, f"{user.name} may not use this server: it is not shared with them.")
+            return
+        if ACCESS_SCOPE not in self.scopes:
+            self._refuse(403, f"this token lacks the {ACCESS_SCOPE!r} scope")
+            return
+        if not rest:
+            self._add_slash(route)
+            return
+        headers = request.headers
+        # Without "Connection: upgrade" it is a plain GET; Upgrade is hop-by-hop.
+        upgrade = (
+            request.method == "GET"
+            and headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in connection_tokens(headers)
+        )
+        # Cookies ride along on cross-site requests; tokens in a header do not.
+        cookie_write = request.method not in _SAFE_METHODS and "Authorization" not in headers
+        if (upgrade or cookie_write) and not self._origin_allowed():
+            self._refuse(403, "requests from another site are not allowed here")
+            return
+        self._route = route
+        self._rest = rest
+        self.proxy.activity.record(route.server_id)
+        if upgrade:
+            self._websocket = True
+            return
+        await self._start_upstream(route)
+
+    @property
+    def _wants_html(self) -> bool:
+        headers = self.request.headers
+        return "Authorization" not in headers and "text/html" in headers.get("Accept", "")
+
+    def _origin_allowed(self) -> bool:
+        """Requests from browsers must come from the hub's own pages.
+
+        No ``Origin`` at all means a client that is not a browser, which cannot
+        be made to carry someone else's cookies.
+        """
+        origin = self.request.headers.get("Origin")
+        if origin is None:
+            return True
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return False
+        if parts.netloc.lower() == self.request.host.lower():
+            return True
+        return f"{parts.scheme}://{parts.netloc}".lower() == self.proxy.public_origin
+
+    def check_origin(self, origin: str) -> bool:
+        return self._origin_allowed()
+
+    def _login_or_401(self, path: str) -> None:
+        if self._wants_html and self.request.method in ("GET", "HEAD"):
+            query = self.request.query
+            self.redirect(self.login_url_for(safe_next(path + ("?" + query if query else ""))))
+            return
+        self._refuse(401, "log in, or send an API token in the Authorization header")
+
+    def _add_slash(self, route: Route) -> None:
+        query = self.request.query
+        target = route.prefix + ("?" + query if query else "")
+        self.redirect(target, status=302 if self.request.method in _SAFE_METHODS else 307)
+
+    async def _not_running(self, path: str) -> None:
+        user = self.user
+        assert user is not None
+        if not path.startswith("/user/") or path == "/user/":
+            self._refuse(404, "There is nothing at this address.")
+            return
+        owner, _, rest = path[len("/user/") :].partition("/")
+        if user.name != owner and not user.is_admin:
+            # Say nothing about other people's servers beyond what the URL says.
+            self._refuse(503, "No server is running at this address.")
+            return
+        server, state = rest.split("/", 1)[0], None
+        describe = self.proxy.describe
+        if describe is not None and server:
+            state = await describe(owner, server)
+        if state is None:
+            # /user/alice/lab/ may be the named server "lab" or a path on the default one.
+            server = ""
+            state = await describe(owner, "") if describe is not None else None
+        what = f"{owner}'s server {server!r}" if server else f"{owner}'s server"
+        self._refuse(503, f"{what} is {state or 'not running'}.", start=True)
+
+    def _refuse(self, status: int, message: str, *, start: bool = False) -> None:
+        """Answer from the hub itself: a page for browsers, JSON for API clients."""
+        BaseHandler.set_default_headers(self)
+        self.set_status(status)
+        if not self._wants_html:
+            self.write_json({"status": status, "message": message}, status)
+            return
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.set_header(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
+        )
+        title = "Server not running" if start else f"{status} {responses.get(status, '')}"
+        self.finish(
+            self.proxy.page.render(
+                title=title,
+                message=message,
+                start=start,
+                user=self.user,
+                xsrf_form_html=self.xsrf_form_html() if self.user else "",
+                static_url=self.static_url,
+            )
+        )
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = "labdock hit an internal error; the hub's log has the details"
+        if isinstance(exc, LabdockError):
+            status_code, message = status_for(exc), exc.message
+        elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
+            message = exc.log_message % exc.args if exc.log_message else self._reason
+        self._refuse(status_code, message)
+
+    # Plain HTTP -------------------------------------------------------------
+
+    def _forwarded(self, route: Route) -> Forwarded:
+        request = self.request
+        return Forwarded(
+            host=request.host,
+            remote_ip=request.remote_ip or "",
+            proto=self.proxy.public_scheme or request.protocol,
+            prefix=route.prefix[:-1],
+            secret=route.secret,
+            hub_cookies=self.proxy.hub_cookies,
+        )
+
+    async def _start_upstream(self, route: Route) -> None:
+        request = self.request
+        body = request_framing(request.headers)
+        if body is None:
+            return  # tornado too refuses it (400, then closes) when it reads the body
+        if isinstance(request.connection, HTTP1Connection):
+            request.connection.set_max_body_size(self.proxy.max_body_size)
+        target = upstream_path(request.path, self._rest, route)
+        if request.query:
+            target += "?" + request.query
+        headers = upstream_headers(request.headers, self._forwarded(route))
+        if body == "chunked":
+            headers.append(("Transfer-Encoding", "chunked"))
+        elif body or request.method in ("POST", "PUT", "PATCH"):
+            headers.append(("Content-Length", str(body)))
+        lines = [f"{request.method} {target} HTTP/1.1"]
+        lines.extend(f"{name}: {value}" for name, value in headers)
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin1")
+        try:
+            self._exchange = await self.proxy.upstream.start(route.target, head, body=body)
+        except UpstreamError as exc:
+            self._upstream_failed(exc)
+
+    async def data_received(self, chunk: bytes) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            return
+        try:
+            await exchange.send(chunk)
+        except UpstreamError as exc:
+            self._exchange = None
+            self._upstream_failed(exc)
+
+    def _upstream_failed(self, exc: UpstreamError) -> None:
+        if self._finished:
+            return
+        route = self._route
+        who = f"{route.user}'s server" if route else "The server"
+        if exc.status == 503:
+            self._refuse(503, f"{who} is not answering; it may be stopped.", start=True)
+        elif exc.status == 504:
+            self._refuse(504, f"{who} took too long to answer: {exc.message}.")
+        else:
+            self._refuse(exc.status, f"{who} answered badly: {exc.message}.")
+
+    async def _relay(self) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            if not self._finished:
+                self._refuse(400, "the request's body framing is ambiguous")
+            return
+        try:
+            await exchange.end()
+            head = await exchange.head()
+        except UpstreamError as exc:
+            self._exchange = None
+            self._upstream_failed(exc)
+            return
+        try:
+            self._copy_head(head)
+        except ValueError:
+            exchange.abort()
+            self._exchange = None
+            self._clear_proxied_headers()
+            self._refuse(502, "the server sent a header the hub cannot pass on")
+            return
+        try:
+            await self._copy_body(exchange)
+        except UpstreamError as exc:
+            self._exchange = None
+            if self._streaming:
+                # The status is already out; cutting the connection is the
+                # only way left to tell the client the body is incomplete.
+                if isinstance(self.request.connection, HTTP1Connection):
+                    self.request.connection.close()
+                self.finish()
+            else:
+                self._clear_proxied_headers()
+                self._upstream_failed(exc)
+        except StreamClosedError:
+            exchange.abort()  # the client left
+            self._exchange = None
+
+    def _clear_proxied_headers(self) -> None:
+        self.clear()
+        self._transforms = []
+
+    def _copy_head(self, head: UpstreamHead) -> None:
+        self.set_status(head.code, head.reason)
+        for name in ("Content-Type", "Server", "Date"):
+            self.clear_header(name)  # tornado's defaults; the server's own come next
+        for name, value in response_headers(head.headers, self.deps.session_cookie):
+            self.add_header(name, value)
+
+    async def _copy_body(self, exchange: UpstreamExchange) -> None:
+        while not exchange.done():
+            chunk = await exchange.read()
+            if exchange.done():
+                # The last piece goes out with finish(), in the same write as
+                # the headers when the body is small.
+                if chunk:
+                    self.write(chunk)
+                break
+            self.write(chunk)
+            self._streaming = True
+            await self.flush()
+            exchange.touch()
+        exchange.release()
+        self._exchange = None
+        self.finish()
+
+    async def head(self, *args: Any, **kwargs: Any) -> None:
+        await self._relay()
+
+    async def post(self, *args: Any, **kwargs: Any) -> None:
+        await self._relay()
+
+    async def put(self, *args: Any, **kwargs: Any) -> None:
+        await self._relay()
+
+    async def patch(self, *args: Any, **kwargs: Any) -> None:
+        await self._relay()
+
+    async def delete(self, *args: Any, **kwargs: Any) -> None:
+        await self._relay()
+
+    async def options(self, *args: Any, **kwargs: Any) -> None:
+        await self._relay()
+
+    # WebSocket --------------------------------------------------------------
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        if not self._websocket:
+            await self._relay()
+            return
+        route = self._route
+        assert route is not None
+        target = "ws" + route.target[len("http") :] if route.target.startswith("http") else ""
+        path = upstream_path(self.request.path, self._rest, route)
+        query = self.request.query
+        url = target + path + ("?" + query if query else "")
+        protocols = self.request.headers.get("Sec-WebSocket-Protocol", "")
+        server_id = route.server_id
+        activity = self.proxy.activity
+        try:
+            self._bridge = await WebSocketBridge.connect(
+                url,
+                headers=dict(
+                    upstream_headers(self.request.headers, self._forwarded(route), websocket=True)
+                ),
+                subprotocols=[p.strip() for p in protocols.split(",") if p.strip()],
+                connect_timeout=self.proxy.upstream.connect_timeout,
+                handshake_timeout=self.proxy.ws_handshake_timeout,
+                max_message_size=self.max_message_size,
+                on_activity=lambda: activity.record(server_id),
+            )
+        except UpstreamError as exc:
+            self._upstream_failed(exc)
+            return
+        if self._client_gone:
+            self._bridge.close()  # the client left while the upstream was connecting
+            return
+        await super().get(*args, **kwargs)
+        if self.get_status() != 101 and self._bridge is not None:
+            self._bridge.close()
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        chosen = self._bridge.subprotocol if self._bridge else None
+        return chosen if chosen in subprotocols else None
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        assert self._bridge is not None
+        self._bridge.start(self)
+
+    async def on_message(self, message: str | bytes) -> None:
+        if self._bridge is not None:
+            await self._bridge.to_upstream(message)
+
+    def on_close(self) -> None:
+        if self._bridge is not None:
+            self._bridge.client_closed(self.close_code, self.close_reason)
+
+    def on_connection_close(self) -> None:
+        self._client_gone = True
+        if self._websocket:
+            super().on_connection_close()
+            return
+        # The client left mid-request: stop the upstream exchange, and let
+        # tornado release a handler waiting for the rest of a streamed body.
+        if self._exchange is not None:
+            self._exchange.abort()
+            self._exchange = None
+        tornado.web.RequestHandler.on_connection_close(self)

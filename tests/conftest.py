@@ -1,0 +1,131 @@
+"""Shared fixtures: a real database per test (SQLite, or PostgreSQL when
+``LABDOCK_TEST_DB_URL`` names a server), and a real hub on a free port.
+
+    async def test_something(hub_server):
+        response = await hub_server.fetch("/hub/health")
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import docker
+import psycopg
+import pytest
+import pytest_asyncio
+import tornado.httpclient
+import tornado.httpserver
+import tornado.testing
+from sqlalchemy.engine import make_url
+
+from hub.app import Hub, build_hub
+from hub.config import BackendSettings, CapacitySettings, DbSettings, HubSettings, Settings
+
+PG_ENV = "LABDOCK_TEST_DB_URL"
+
+
+def _pg_admin_dsn(url: str) -> str:
+    parsed = make_url(url).set(drivername="postgresql")
+    return parsed.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database on the engine under test."""
+    server = os.environ.get(PG_ENV)
+    if not server:
+        yield f"sqlite:///{tmp_path / 'labdock.sqlite'}"
+        return
+    name = "labdock_t_" + secrets.token_hex(6)
+    admin = _pg_admin_dsn(server)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def clean_engine(client: docker.DockerClient, hub_id: str) -> None:
+    """Remove every container, volume and network a test hub left on the engine."""
+    label = {"label": [f"labdock.hub={hub_id}", "labdock.test=1"]}
+    for container in client.containers.list(all=True, filters=label):
+        container.remove(force=True, v=False)
+    for volume in client.volumes.list(filters=label):
+        volume.remove(force=True)
+    for network in client.networks.list(filters=label):
+        network.remove()
+
+
+@pytest.fixture
+def hub_id() -> str:
+    return "t" + secrets.token_hex(5)
+
+
+@pytest.fixture
+def settings(
+    tmp_path: Path, db_url: str, hub_id: str, docker_client: docker.DockerClient
+) -> Iterator[Settings]:
+    """Settings of a test hub: its own id, database and data folder, and the test label."""
+    yield Settings(
+        hub=HubSettings(data_dir=tmp_path / "data", cookie_secret="test-" + "x" * 40, id=hub_id),
+        db=DbSettings(url=db_url),
+        backend=BackendSettings(labels="labdock.test=1", stop_grace=2.0),
+        capacity=CapacitySettings(gpus=""),
+    )
+    clean_engine(docker_client, hub_id)
+
+
+@dataclass
+class RunningHub:
+    """A hub listening on a free port, with a client that keeps no cookies of its own."""
+
+    hub: Hub
+    url: str
+
+    async def fetch(self, path: str, **kwargs: Any) -> tornado.httpclient.HTTPResponse:
+        kwargs.setdefault("follow_redirects", False)
+        kwargs.setdefault("raise_error", False)
+        client = tornado.httpclient.AsyncHTTPClient()
+        return await client.fetch(self.url + path, **kwargs)
+
+
+@pytest_asyncio.fixture
+async def hub_server(settings: Settings) -> AsyncIterator[RunningHub]:
+    async with build_hub(settings) as built:
+        sock, port = tornado.testing.bind_unused_port()
+        server = tornado.httpserver.HTTPServer(built.app)
+        server.add_sockets([sock])
+        try:
+            yield RunningHub(hub=built, url=f"http://127.0.0.1:{port}")
+        finally:
+            server.stop()
+            await server.close_all_connections()
+
+
+@pytest.fixture
+def with_settings(settings: Settings) -> Any:
+    """Change one section of the test settings: ``with_settings(hub={'admin_user': 'root'})``."""
+
+    def make(**sections: dict[str, Any]) -> Settings:
+        changed = {
+            name: replace(getattr(settings, name), **values) for name, values in sections.items()
+        }
+        return replace(settings, **changed)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """The real engine. A test that needs it fails (never skips) when it is missing."""
+    client = docker.from_env()
+    client.ping()
+    yield client
+    client.close()

@@ -1,0 +1,159 @@
+"""Accounts: usernames, passwords, the first admin and sessions, on the real database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import pytest_asyncio
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from hub.db.accounts import SqlAccountRepo
+from hub.db.engine import make_engine
+from hub.db.migrate import upgrade
+from hub.db.teams import SqlTeamRepo
+from hub.domain.accounts import Accounts, check_username
+from hub.domain.errors import Conflict, Forbidden, InvalidInput, Unauthorized
+from hub.passwords import Argon2Hasher
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.at = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.at
+
+
+@pytest.mark.parametrize("name", ["alice", "a", "bob.smith", "x_1-2", "0day", "a" * 32])
+def test_plain_usernames_are_accepted(name: str) -> None:
+    assert check_username(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "Alice",  # would silently become alice
+        "\u212aate",  # Kelvin sign: NFKC + casefold gives 'kate'
+        "ﬁle",  # ligature
+        "-rf",
+        ".hidden",
+        "a" * 33,
+        "../etc",
+        "al/ice",
+        "alice\x00",
+        "al ice",
+        "élodie",
+    ],
+)
+def test_hostile_or_ambiguous_usernames_are_refused(name: str) -> None:
+    with pytest.raises(InvalidInput, match="username"):
+        check_username(name)
+
+
+@pytest_asyncio.fixture
+async def parts(db_url: str) -> AsyncIterator[tuple[Accounts, StepClock, SqlTeamRepo]]:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    clock = StepClock()
+    yield Accounts(SqlAccountRepo(sessions), Argon2Hasher(), clock), clock, SqlTeamRepo(sessions)
+    await engine.dispose()
+
+
+async def test_first_admin_is_created_once_with_a_one_time_password(parts) -> None:  # type: ignore[no-untyped-def]
+    accounts, _, _ = parts
+    password = await accounts.ensure_admin("admin")
+    assert password and len(password) >= 12
+    assert await accounts.ensure_admin("admin") is None
+    admin = await accounts.authenticate("admin", password)
+    assert admin.is_admin and admin.must_change_password
+
+
+async def test_wrong_password_and_unknown_user_get_the_same_answer(parts) -> None:  # type: ignore[no-untyped-def]
+    accounts, _, _ = parts
+    await accounts.create_user("alice", "correct horse")
+    for name, password in [("alice", "wrong horse"), ("nobody", "correct horse"), ("../x", "p")]:
+        with pytest.raises(Unauthorized, match="wrong username or password"):
+            await accounts.authenticate(name, password)
+
+
+async def test_duplicate_user_is_a_conflict(parts) -> None:  # type: ignore[no-untyped-def]
+    accounts, _, _ = parts
+    await accounts.create_user("alice", "correct horse")
+    with pytest.raises(Conflict, match="already exists"):
+        await accounts.create_user("alice", "another one")
+
+
+async def test_short_password_is_refused(parts) -> None:  # type: ignore[no-untyped-def]
+    accounts, _, _ = parts
+    with pytest.raises(InvalidInput, match="at least 8"):
+        await accounts.create_user("alice", "short")
+
+
+async def test_sessions_expire_and_end_at_logout(parts) -> None:  # type: ignore[no-untyped-def]
+    accounts, clock, _ = parts
+    user, _ = await accounts.create_user("alice", "correct horse")
+    first = await accounts.start_session(user, hours=1)
+    assert (await accounts.session_user(first)) == user
+    clock.at += timedelta(minutes=61)
+    assert await accounts.session_user(first) is None
+    second = await accounts.start_session(user, hours=1)
+    await accounts.end_session(second)
+    assert await accounts.session_user(second) is None
+    assert await accounts.session_user("forged") is None
+
+
+async def test_password_change_needs_the_current_one(parts) -> None:  # type: ignore[no-untyped-def]
+    accounts, _, _ = parts
+    user, one_time = await accounts.create_user("alice")
+    assert one_time is not None
+    with pytest.raises(Unauthorized):
+        await accounts.change_password(user.id, "not it", "a new password")
+    await accounts.change_password(user.id, one_time, "a new password")
+    again = await accounts.authenticate("alice", "a new password")
+    assert not again.must_change_password
+
+
+async def test_disabled_account_cannot_log_in(parts, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    accounts, _, _ = parts
+    user, _ = await accounts.create_user("alice", "correct horse")
+    from sqlalchemy import update
+
+    from hub.db.engine import make_sync_engine
+    from hub.db.schema import UserRow
+
+    engine = make_sync_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(update(UserRow).where(UserRow.id == user.id).values(disabled=True))
+    engine.dispose()
+    with pytest.raises(Forbidden, match="disabled"):
+        await accounts.authenticate("alice", "correct horse")
+
+
+async def test_joining_a_team_creates_it_once(parts) -> None:  # type: ignore[no-untyped-def]
+    accounts, _, teams = parts
+    alice, _ = await accounts.create_user("alice", "correct horse")
+    bob, _ = await accounts.create_user("bob", "correct horse")
+    await teams.join(alice.id, "risk")
+    await teams.join(bob.id, "risk")
+    await teams.join(bob.id, "risk")
+    assert await teams.teams_of(bob.id) == ["risk"]
+
+
+async def test_a_recreated_name_never_gets_the_deleted_users_id(parts, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import delete
+
+    from hub.db.engine import make_sync_engine
+    from hub.db.schema import UserRow
+
+    accounts, _, _ = parts
+    first, _ = await accounts.create_user("alice", "correct horse")
+    engine = make_sync_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(delete(UserRow).where(UserRow.id == first.id))
+    engine.dispose()
+    again, _ = await accounts.create_user("alice", "correct horse")
+    assert again.id != first.id  # containers and volumes are keyed by id

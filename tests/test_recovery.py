@@ -1,0 +1,230 @@
+"""Restart and recovery: the hub brings rows, containers and routes back into agreement."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import docker
+import pytest
+import tornado.httpclient
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from hub.app import build_hub
+from hub.config import Settings
+from hub.db.engine import make_engine
+from hub.db.environments import SqlCatalog
+from hub.db.migrate import upgrade
+from hub.domain.servers import ServerState
+from tests.busybox_image import ensure_test_image
+from tests.test_servers_api import busybox_env
+
+
+async def launch(settings: Settings, image: str, names: list[str]) -> dict[str, int]:
+    """Start a hub, launch busybox servers for alice, and leave them running."""
+    async with build_hub(settings) as built:
+        await built.deps.catalog.add(busybox_env(image))  # type: ignore[attr-defined]
+        alice, _ = await built.deps.accounts.create_user("alice", "correct horse")
+        ids = {}
+        for name in names:
+            record, _ = await built.workspaces.launch(alice, name, {"environment": "busybox"})
+            record = await built.workspaces.wait_ready(record.id, 60)
+            assert record.state == ServerState.RUNNING
+            ids[name] = record.id
+        return ids
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    return ensure_test_image(docker.from_env())
+
+
+async def test_restart_adopts_running_servers_and_rebuilds_their_routes(
+    settings: Settings, image: str
+) -> None:
+    ids = await launch(settings, image, ["a", "b"])
+    async with build_hub(settings) as built:
+        for name, server_id in ids.items():
+            route = built.routes.get(server_id)
+            assert route is not None and route.prefix == f"/user/alice/{name}/"
+            record = await built.deps.servers.by_id(server_id)
+            assert record is not None and record.state == ServerState.RUNNING
+
+
+async def test_container_gone_while_the_hub_was_away_is_marked_stopped(
+    settings: Settings, image: str, docker_client: docker.DockerClient, hub_id: str
+) -> None:
+    ids = await launch(settings, image, ["a"])
+    [container] = docker_client.containers.list(filters={"label": f"labdock.hub={hub_id}"})
+    container.remove(force=True)
+    async with build_hub(settings) as built:
+        record = await built.deps.servers.by_id(ids["a"])
+        assert record is not None and record.state == ServerState.STOPPED
+        assert record.stopped_reason == "stopped while the hub was away"
+        assert built.routes.get(ids["a"]) is None
+
+
+async def test_orphan_containers_of_this_hub_are_removed_at_start(
+    settings: Settings, image: str, docker_client: docker.DockerClient, hub_id: str
+) -> None:
+    ids = await launch(settings, image, ["a"])
+    [container] = docker_client.containers.list(filters={"label": f"labdock.hub={hub_id}"})
+    labels = dict(container.labels, **{"labdock.server": "999"})
+    orphan = docker_client.containers.run(
+        image, detach=True, labels=labels, name=f"labdock-{hub_id}-s999"
+    )
+    async with build_hub(settings):
+        pass
+    names = {
+        c.name
+        for c in docker_client.containers.list(all=True, filters={"label": f"labdock.hub={hub_id}"})
+    }
+    assert orphan.name not in names
+    assert container.name in names and ids
+
+
+async def test_unreachable_engine_at_start_marks_nothing_stopped_and_deletes_nothing(
+    settings: Settings, image: str, docker_client: docker.DockerClient, hub_id: str
+) -> None:
+    ids = await launch(settings, image, ["a"])
+    blind = replace(
+        settings, backend=replace(settings.backend, docker_host="unix:///nonexistent.sock")
+    )
+    async with build_hub(blind) as built:
+        record = await built.deps.servers.by_id(ids["a"])
+        assert record is not None and record.state == ServerState.RUNNING
+        assert built.routes.get(ids["a"]) is not None  # rebuilt from the database
+    assert len(docker_client.containers.list(filters={"label": f"labdock.hub={hub_id}"})) == 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_hub(settings: Settings, port: int, cwd: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parent.parent),
+        "LABDOCK_DB_URL": settings.db_url,
+        "LABDOCK_HUB_ID": settings.hub.id,
+        "LABDOCK_HUB_COOKIE_SECRET": settings.hub.cookie_secret,
+        "LABDOCK_HUB_LAUNCH_WAIT": "0",
+        "LABDOCK_HUB_MAX_CONCURRENT_LAUNCHES": "32",
+        "LABDOCK_BACKEND_LABELS": "labdock.test=1",
+        "LABDOCK_QUOTA_SERVERS": "50",
+        "LABDOCK_QUOTA_MEMORY": "100G",
+        "LABDOCK_QUOTA_CPUS": "100",
+        "LABDOCK_CAPACITY_OVERCOMMIT": "100",
+        "LABDOCK_CAPACITY_GPUS": "",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "hub.cli", "serve", "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def wait_up(url: str) -> None:
+    client = tornado.httpclient.AsyncHTTPClient()
+    for _ in range(300):
+        try:
+            await client.fetch(url + "/hub/api/")
+            return
+        except Exception:
+            await asyncio.sleep(0.1)
+    raise AssertionError("hub did not come up")
+
+
+async def test_hub_killed_during_twenty_launches_restarts_without_orphans_or_stuck_rows(
+    settings: Settings, image: str, docker_client: docker.DockerClient, hub_id: str, tmp_path: Path
+) -> None:
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    await SqlCatalog(sessions).add(busybox_env(image))
+    await engine.dispose()
+    token_out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "user",
+            "add",
+            "alice",
+            "--password-stdin",
+            "--db-url",
+            settings.db_url,
+        ],
+        input=b"correct horse\n",
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert token_out.returncode == 0, token_out.stderr
+    token = subprocess.run(
+        [sys.executable, "-m", "hub.cli", "token", "create", "alice", "--db-url", settings.db_url],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout.strip()
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    hub = start_hub(settings, port, tmp_path)
+    try:
+        await wait_up(url)
+        client = tornado.httpclient.AsyncHTTPClient()
+        posts = [
+            client.fetch(
+                f"{url}/hub/api/users/alice/servers/s{i}",
+                method="POST",
+                body=json.dumps({"environment": "busybox"}),
+                raise_error=False,
+                headers={"Authorization": f"token {token}"},
+                request_timeout=30,
+            )
+            for i in range(20)
+        ]
+        done, _ = await asyncio.wait([asyncio.ensure_future(p) for p in posts], timeout=0.6)
+        hub.send_signal(signal.SIGKILL)
+        hub.wait()
+        assert len(done) < 20 or any(True for _ in done)  # killed mid-flight either way
+    finally:
+        if hub.poll() is None:
+            hub.kill()
+
+    hub = start_hub(settings, port, tmp_path)
+    try:
+        await wait_up(url)
+        deadline = time.monotonic() + 120
+        while True:
+            response = await tornado.httpclient.AsyncHTTPClient().fetch(
+                f"{url}/hub/api/users/alice", headers={"Authorization": f"token {token}"}
+            )
+            servers = json.loads(response.body)["servers"]
+            states = {s["state"] for s in servers.values()}
+            if "starting" not in states or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert "starting" not in states, states
+        assert states <= {"running", "failed"}
+        running = {s["name"] for s in servers.values() if s["state"] == "running"}
+        containers = docker_client.containers.list(
+            all=True, filters={"label": f"labdock.hub={hub_id}"}
+        )
+        owned = {c.labels["labdock.server"] for c in containers}
+        assert len(containers) == len(owned) == len(running)
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        hub.wait(timeout=30)
