@@ -1,30 +1,54 @@
-"""Environments a user may launch, and how a launch request becomes resources.
+"""Environments a user may launch, their versions, and how a launch request becomes resources.
 
-    env = catalog_entry  # an Environment, loaded by the hub from the database
+    env = await launch_target(catalog, "jupyter", None, admin=False, team_ids=frozenset({3}))
     resources = choose_resources(env, {"cpus": 2, "memory": "4G"})
+    old = await launch_target(catalog, "jupyter", "5be0c1d24a7e", admin=False, team_ids=...)
+
+An environment is a name and a policy (description, default and maximum
+resources, enabled, retired, the teams it is offered to) over a list of
+versions. A version is one image, pinned by its digest, with how to run it
+(port, command, prefix style, readiness path): a manifest snapshot. Versions
+are never deleted, so a team can relaunch exactly what it ran last month.
 
 Launching never falls back to "any image": an environment that is unknown,
-disabled, retired or not offered to the user is refused by name (the class of
-CVE-2023-48311 in DockerSpawner).
+disabled, retired or not offered to the user, and a version the environment
+never had, are refused by name (the class of CVE-2023-48311 in DockerSpawner).
+Servers already running when their environment is disabled or retired keep
+running; only new launches and restarts are refused.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
-from hub.domain.errors import InvalidInput
+from hub.domain.errors import Forbidden, InvalidInput, NotFound
 from hub.domain.resources import Resources, format_memory, parse_memory
 
-_SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-LAUNCH_KEYS = frozenset({"environment", "cpus", "memory", "gpus"})
+_SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
+ENVIRONMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+# A version label is also a valid Docker tag, so each version can be kept as one.
+VERSION_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# A digest may be shortened to its first 12 hex digits, as `docker images` shows it.
+SHORT_DIGEST = 12
+LAUNCH_KEYS = frozenset({"environment", "version", "cpus", "memory", "gpus"})
+# Bounds on what an admin may set, so that no launch can overflow a column.
+MAX_CPUS = 4096
+MAX_MEMORY = 2**50
+MAX_GPUS = 1024
 
 
 @dataclass(frozen=True)
 class Environment:
-    """One launchable environment, pinned to an image by its content digest."""
+    """One launchable environment at one version, pinned to an image by its digest.
+
+    ``image`` is what the engine runs (the digest when known). ``version`` is the
+    version's label and ``current`` whether it is the environment's current one.
+    ``teams`` are the ids of the teams it is offered to; empty means everyone.
+    """
 
     id: int
     name: str
@@ -42,13 +66,42 @@ class Environment:
     pids_limit: int = 1024
     shm_size: int = 1024**3
     home: str = "/home/analyst"
-    team_id: int | None = None
+    teams: frozenset[int] = frozenset()
     enabled: bool = True
     retired: bool = False
+    contents: str = ""
+    current: bool = True
 
     @property
     def launchable(self) -> bool:
         return self.enabled and not self.retired
+
+    def offered_to(self, *, admin: bool, team_ids: frozenset[int]) -> bool:
+        """Admins see every environment; others those with no team list or one of theirs."""
+        return admin or not self.teams or bool(self.teams & team_ids)
+
+
+@dataclass(frozen=True)
+class Version:
+    """One image an environment has had."""
+
+    label: str
+    image: str
+    digest: str
+    contents: str
+    created: datetime
+    current: bool
+
+
+@dataclass(frozen=True)
+class EnvironmentInfo:
+    """An environment as admins see it: its current version, team names and every version."""
+
+    environment: Environment
+    teams: tuple[str, ...]
+    source: str
+    customized: bool
+    versions: tuple[Version, ...] = field(default_factory=tuple)
 
 
 def check_server_name(name: str) -> str:
@@ -63,16 +116,105 @@ def check_server_name(name: str) -> str:
     return name
 
 
+def shown(value: object, limit: int = 40) -> str:
+    """A value from a request, quoted and cut short, safe to put in a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_environment_name(name: Any) -> str:
+    """An environment name: lowercase letters, digits and '-', at most 63."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("environment: name the environment to launch")
+    if not ENVIRONMENT_NAME.match(name):
+        raise InvalidInput(
+            f"environment {shown(name)}: names are 1 to 63 characters of a-z, 0-9 and '-'"
+        )
+    return name
+
+
+def check_version_ref(ref: Any) -> str:
+    """A version as a launch names it: its label, or its digest (``sha256:``, 12+ hex)."""
+    if not isinstance(ref, str) or not ref:
+        raise InvalidInput("version: expected a version label or an image digest")
+    if ref.startswith("sha256:"):
+        if not re.fullmatch(rf"sha256:[0-9a-f]{{{SHORT_DIGEST},64}}", ref):
+            raise InvalidInput(
+                f"version {shown(ref)}: a digest is sha256: and at least "
+                f"{SHORT_DIGEST} lowercase hex digits"
+            )
+        return ref
+    if not VERSION_LABEL.match(ref):
+        raise InvalidInput(
+            f"version {shown(ref)}: labels are 1 to 64 characters of letters, digits, '.', "
+            "'_' and '-'"
+        )
+    return ref
+
+
+def check_label(label: Any) -> str:
+    """A new version label (a Docker tag, so that the version's image can carry it)."""
+    if not isinstance(label, str) or not VERSION_LABEL.match(label) or label.startswith("sha256"):
+        raise InvalidInput(
+            f"version {shown(label)}: labels are 1 to 64 characters of letters, digits, '.', "
+            "'_' and '-', not starting with sha256"
+        )
+    return label
+
+
+def check_policy(env_name: str, default: Resources, maximum: Resources, gpu: bool) -> None:
+    """Default resources within the maximum, and GPUs only where the image can use them."""
+    for key in ("cpus", "memory", "gpus"):
+        if getattr(default, key) > getattr(maximum, key):
+            raise InvalidInput(f"resources.default.{key}: must not exceed resources.maximum")
+    if default.memory < 64 * 1024**2:
+        raise InvalidInput("resources.default.memory: at least 64 MiB")
+    if maximum.cpus > MAX_CPUS or maximum.memory > MAX_MEMORY or maximum.gpus > MAX_GPUS:
+        raise InvalidInput(
+            f"resources.maximum: at most {MAX_CPUS} CPUs, 1 PiB of memory and {MAX_GPUS} GPUs"
+        )
+    if not gpu and (default.gpus or maximum.gpus):
+        raise InvalidInput(
+            f"resources: {env_name}'s version cannot use GPUs, so its gpus must be 0"
+        )
+
+
+def resources_from(value: Any, key: str, current: Resources) -> Resources:
+    """``{"cpus": 2, "memory": "4G", "gpus": 0}`` from an admin's request; omitted keys stay."""
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{key}: expected an object with cpus, memory and gpus")
+    unknown = set(value) - {"cpus", "memory", "gpus"}
+    if unknown:
+        raise InvalidInput(f"{key}: unknown field {shown(sorted(map(str, unknown))[0])}")
+    cpus = _number(value, "cpus", current.cpus)
+    raw_memory = value.get("memory", current.memory)
+    if (
+        isinstance(raw_memory, bool)
+        or not isinstance(raw_memory, int | str)
+        or len(str(raw_memory)) > 32
+    ):
+        raise InvalidInput(f"{key}.memory: expected a size such as 4G")
+    memory = parse_memory(raw_memory, what=f"{key}.memory")
+    gpus = _number(value, "gpus", current.gpus)
+    if gpus != int(gpus) or not 0 <= gpus <= MAX_GPUS:
+        raise InvalidInput(f"{key}.gpus: expected a whole number from 0 to {MAX_GPUS}")
+    if not 0 < cpus <= MAX_CPUS:
+        raise InvalidInput(f"{key}.cpus: must be more than 0 and at most {MAX_CPUS}")
+    if not 0 < memory <= MAX_MEMORY:
+        raise InvalidInput(f"{key}.memory: must be more than 0 and at most 1 PiB")
+    return Resources(cpus=cpus, memory=memory, gpus=int(gpus))
+
+
 def _number(body: Mapping[str, Any], key: str, default: float) -> float:
     value = body.get(key)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise InvalidInput(f"{key}: expected a number, got {value!r}")
+        raise InvalidInput(f"{key}: expected a number, got {shown(value)}")
     try:
         number = float(value)
-    except ValueError:
-        raise InvalidInput(f"{key}: expected a number, got {value!r}") from None
+    except (ValueError, OverflowError):
+        raise InvalidInput(f"{key}: expected a number, got {shown(value)}") from None
     if number != number or number in (float("inf"), float("-inf")):
         raise InvalidInput(f"{key}: expected a finite number")
     return number
@@ -83,7 +225,7 @@ def choose_resources(env: Environment, body: Mapping[str, Any]) -> Resources:
     unknown = set(body) - LAUNCH_KEYS
     if unknown:
         raise InvalidInput(
-            f"unknown launch field(s): {', '.join(sorted(unknown))}; "
+            f"unknown launch field(s): {', '.join(sorted(map(str, unknown)))[:200]}; "
             f"expected {', '.join(sorted(LAUNCH_KEYS))}"
         )
     cpus = _number(body, "cpus", env.default.cpus)
@@ -93,10 +235,10 @@ def choose_resources(env: Environment, body: Mapping[str, Any]) -> Resources:
     elif isinstance(raw_memory, int | str) and not isinstance(raw_memory, bool):
         memory = parse_memory(raw_memory)
     else:
-        raise InvalidInput(f"memory: expected a size such as 4G, got {raw_memory!r}")
+        raise InvalidInput(f"memory: expected a size such as 4G, got {shown(raw_memory)}")
     gpus_number = _number(body, "gpus", env.default.gpus)
     if gpus_number != int(gpus_number) or gpus_number < 0:
-        raise InvalidInput(f"gpus: expected a whole number, got {body.get('gpus')!r}")
+        raise InvalidInput(f"gpus: expected a whole number, got {shown(body.get('gpus'))}")
     gpus = int(gpus_number)
     if cpus <= 0 or cpus > env.maximum.cpus:
         raise InvalidInput(
@@ -118,8 +260,62 @@ def choose_resources(env: Environment, body: Mapping[str, Any]) -> Resources:
 class Catalog(Protocol):
     """Where environments are stored (the database, seeded from ``images/``)."""
 
-    async def get(self, name: str) -> Environment | None: ...
+    async def get(self, name: str, version: str | None = None) -> Environment | None:
+        """The environment at ``version`` (label or digest; None: its current one).
 
-    async def by_id(self, environment_id: int) -> Environment | None: ...
+        ``None`` when there is no such environment; ``NotFound`` when it never had
+        that version.
+        """
 
-    async def visible_to(self, team_ids: frozenset[int]) -> list[Environment]: ...
+    async def by_id(self, environment_id: int, digest: str = "") -> Environment | None:
+        """The environment at the version with ``digest`` (its current one if none has it)."""
+
+    async def visible_to(
+        self, team_ids: frozenset[int], *, admin: bool = False
+    ) -> list[Environment]:
+        """The launchable environments, at their current versions, offered to these teams."""
+
+
+async def launch_target(
+    catalog: Catalog,
+    name: Any,
+    version: Any,
+    *,
+    admin: bool,
+    team_ids: frozenset[int],
+) -> Environment:
+    """The environment and version a launch asks for, or a refusal that says why.
+
+    Each refusal is a 4xx: a malformed name or version (400), an environment
+    not in the catalog or a version it never had (404), one not offered to this
+    user's teams (403), one disabled or retired (400). Nothing falls back to a
+    default image.
+    """
+    name = check_environment_name(name)
+    ref = check_version_ref(version) if version is not None else None
+    env = await catalog.get(name, ref)
+    if env is None:
+        raise NotFound(f"environment {name!r} is not in the catalog")
+    if not env.offered_to(admin=admin, team_ids=team_ids):
+        raise Forbidden(
+            f"environment {name!r} is offered only to certain teams, and none of them is yours; "
+            "ask an admin"
+        )
+    if not env.launchable:
+        state = "retired" if env.retired else "disabled"
+        raise InvalidInput(f"environment {name!r} is {state} and cannot be launched")
+    return env
+
+
+class ImageStore(Protocol):
+    """The images on the engine, as the catalog needs them (no registry: nothing is pulled)."""
+
+    async def resolve(self, reference: str) -> str | None:
+        """The digest (image id) of a local image, or None when the engine has no such image."""
+
+    async def pin(self, environment: str, label: str, digest: str) -> str:
+        """Tag the image (``labdock/<hub id>/<environment>:<label>``) so that pruning keeps it;
+        return the tag.
+
+        ``Conflict`` when that tag already names another image.
+        """
