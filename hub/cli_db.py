@@ -70,7 +70,9 @@ async def set_quota(
             owner = await Accounts(SqlAccountRepo(sessions), Argon2Hasher(), SystemClock()).get(
                 user
             )
-            row = await SqlQuotaRepo(sessions).set(limits, user_id=owner.id)
+            row = await SqlQuotaRepo(sessions).set(
+                limits, user_id=owner.id, defaults=settings.quota.limits()
+            )
             who = f"user {user}"
         else:
             assert team is not None

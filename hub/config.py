@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from hub.domain.errors import ConfigError
 from hub.domain.resources import parse_memory
@@ -99,6 +100,43 @@ class QuotaDefaults:
     gpus: int = 0
     servers: int = 3
     storage: int = 20 * 1024**3
+    # Seconds between measurements of every volume's size.
+    storage_interval: float = 300.0
+    # An image with `du` for the measuring helper; empty: the newest labdock/base.
+    storage_image: str = ""
+
+    def limits(self) -> dict[str, float | int | None]:
+        """The five limits, as a new user's own quota row starts from them."""
+        return {
+            "cpus": self.cpus,
+            "memory": self.memory,
+            "gpus": self.gpus,
+            "servers": self.servers,
+            "storage": self.storage,
+        }
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    """Login through a generic OpenID Connect provider, beside local accounts.
+
+    Empty ``issuer``: off. The provider must allow the redirect URI
+    ``<hub.public_url>/hub/oauth_callback``.
+    """
+
+    issuer: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    scopes: str = "openid profile email"
+    # The claim that names the local user on first login.
+    username_claim: str = "preferred_username"
+    # Shown on the login page as "Sign in with <name>"; empty: the issuer's host.
+    name: str = ""
+    groups_claim: str = "groups"
+    # Comma-separated groups; empty allowed_groups lets in anyone the provider signs in.
+    allowed_groups: str = ""
+    # Members of these groups are made admins (and others unmade) at each login.
+    admin_groups: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,6 +149,7 @@ class Settings:
     capacity: CapacitySettings = field(default_factory=CapacitySettings)
     images: ImagesSettings = field(default_factory=ImagesSettings)
     quota: QuotaDefaults = field(default_factory=QuotaDefaults)
+    oidc: OidcSettings = field(default_factory=OidcSettings)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -223,7 +262,29 @@ def _check(settings: Settings) -> Settings:
     q = settings.quota
     if q.cpus < 0 or q.memory < 0 or q.gpus < 0 or q.servers < 0 or q.storage < 0:
         raise ConfigError("quota: limits must not be negative")
+    if q.storage_interval < 1:
+        raise ConfigError("quota.storage_interval: must be at least 1 second")
+    _check_oidc(settings.oidc)
     return settings
+
+
+def _check_oidc(oidc: OidcSettings) -> None:
+    if not oidc.issuer:
+        return
+    parts = urlsplit(oidc.issuer)
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ConfigError(
+            f"oidc.issuer: must be an https:// URL (http only on localhost), got {oidc.issuer!r}"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError("oidc.issuer: must not have a query or fragment")
+    if not oidc.client_id:
+        raise ConfigError("oidc.client_id: required when oidc.issuer is set")
+    if "openid" not in oidc.scopes.split():
+        raise ConfigError(f"oidc.scopes: must include openid, got {oidc.scopes!r}")
+    if not oidc.username_claim:
+        raise ConfigError("oidc.username_claim: must not be empty")
 
 
 def _read_file(path: Path) -> dict[str, Any]:

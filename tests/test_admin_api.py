@@ -103,6 +103,8 @@ async def test_team_quota_is_set_and_shown_beside_its_use(hub_server: RunningHub
     assert put.code == 200, put.body
     body = json.loads(put.body)
     assert body["limits"]["memory"] == 8 * GiB and body["limits"]["servers"] == 6
+    # storage: bytes measured in the volumes (0), or null before the first measurement.
+    assert body["used"].pop("storage") in (0, None)
     assert body["used"] == {"cpus": 0.0, "memory": 0, "gpus": 0, "servers": 0}
     overview = json.loads((await call(hub_server, root, "GET", "/quotas")).body)
     assert overview["teams"]["risk"]["limits"]["memory"] == 8 * GiB
@@ -110,6 +112,20 @@ async def test_team_quota_is_set_and_shown_beside_its_use(hub_server: RunningHub
     assert json.loads(lifted.body)["limits"]["memory"] is None
     entries = [e for e in await hub_server.hub.deps.audit.recent() if e.action == "quota.set"]
     assert entries[0].target == "team:risk"
+
+
+async def test_setting_one_limit_of_a_user_keeps_the_defaults_for_the_others(
+    hub_server: RunningHub,
+) -> None:
+    root = await token_for(hub_server, "root", ADMIN_SCOPES, admin=True)
+    await call(hub_server, root, "POST", "/users/ann", {})
+    put = await call(hub_server, root, "PUT", "/quotas/users/ann", {"cpus": 8})
+    assert put.code == 200, put.body
+    defaults = hub_server.hub.deps.settings.quota
+    limits = json.loads(put.body)["limits"]
+    assert limits["cpus"] == 8
+    assert (limits["memory"], limits["storage"]) == (defaults.memory, defaults.storage)
+    assert limits["servers"] == defaults.servers
 
 
 @pytest.mark.parametrize(

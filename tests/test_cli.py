@@ -214,11 +214,17 @@ def test_quota_set_reports_the_quota_and_checks_values(tmp_path: Path) -> None:
         == 0
     )
     done = run("quota", "set", "--user", "alice", "--memory", "8G", "--servers", "2", cwd=tmp_path)
-    assert done.stdout.strip() == "quota of user alice: memory 8 GiB, servers 2"
+    # A user's first own quota starts from the hub's defaults: setting two limits
+    # does not lift the other three.
+    assert done.stdout.strip() == (
+        "quota of user alice: cpus 4, memory 8 GiB, gpus 0, servers 2, storage 20 GiB"
+    )
     team = run("quota", "set", "--team", "risk", "--cpus", "6", "--storage", "50G", cwd=tmp_path)
     assert team.stdout.strip() == "quota of team risk: cpus 6, storage 50 GiB"
     lifted = run("quota", "set", "--user", "alice", "--memory", "none", cwd=tmp_path)
-    assert lifted.stdout.strip() == "quota of user alice: servers 2"
+    assert lifted.stdout.strip() == (
+        "quota of user alice: cpus 4, gpus 0, servers 2, storage 20 GiB"
+    )
     for args, needle in [
         (["--user", "alice", "--servers", "1.5"], "--servers: expected a whole number"),
         (["--user", "alice", "--cpus", "-1"], "--cpus: must not be negative"),

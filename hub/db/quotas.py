@@ -5,8 +5,8 @@ await SqlQuotaRepo(sessions).set({"memory": 8 * GiB, "servers": 3}, user_id=7)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -16,6 +16,7 @@ from hub.db.schema import MembershipRow, QuotaRow, ServerRow, TeamRow, UserRow
 from hub.domain.quotas import Limits
 from hub.domain.records import ACTIVE_STATES
 from hub.domain.resources import format_memory
+from hub.domain.storage import StorageLimits, TeamStorage
 
 FIELDS = ("cpus", "memory", "gpus", "servers", "storage")
 
@@ -32,11 +33,22 @@ def describe_limits(row: QuotaRow) -> str:
     return ", ".join(parts) or "no limits of its own"
 
 
+class StorageFigures(Protocol):
+    """Measured storage (``hub.domain.storage.StorageMeter``); ``None``: not measured yet."""
+
+    def used_by(self, user_ids: Iterable[int], team_id: int | None = None) -> int | None: ...
+
+
 class SqlQuotaRepo:
     """Quotas: one row per user or team; ``None`` in a field means no limit of its own."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        storage: StorageFigures | None = None,
+    ) -> None:
         self._sessions = sessions
+        self._storage = storage
 
     async def set(
         self,
@@ -44,8 +56,13 @@ class SqlQuotaRepo:
         *,
         user_id: int | None = None,
         team_id: int | None = None,
+        defaults: Mapping[str, float | int | None] | None = None,
     ) -> QuotaRow:
-        """Change the named fields, creating the row if needed; return the row."""
+        """Change the named fields, creating the row if needed; return the row.
+
+        A new row starts from ``defaults`` (the hub's default quota, for a user), so
+        that setting one limit does not silently lift the others.
+        """
         owner = QuotaRow.user_id == user_id if user_id is not None else QuotaRow.team_id == team_id
         for _ in range(2):
             try:
@@ -53,6 +70,8 @@ class SqlQuotaRepo:
                     row = await s.scalar(select(QuotaRow).where(owner))
                     if row is None:
                         row = QuotaRow(user_id=user_id, team_id=team_id)
+                        for name, value in (defaults or {}).items():
+                            setattr(row, name, value)
                         s.add(row)
                     for name, value in limits.items():
                         if name not in FIELDS:
@@ -109,7 +128,38 @@ class SqlQuotaRepo:
                     )
                 )
             limits = {name: getattr(row, name) if row else None for name in FIELDS}
-            return {"limits": limits, "used": await self._usage(s, members)}
+            used: dict[str, Any] = await self._usage(s, members)
+            if self._storage is not None:
+                used["storage"] = self._storage.used_by(members, team_id)
+            return {"limits": limits, "used": used}
+
+    async def storage_limits(self, user_id: int, *, default: int | None) -> StorageLimits:
+        """The user's storage limit (``default`` without a quota row) and their teams'."""
+        async with self._sessions() as s:
+            row = await s.scalar(select(QuotaRow).where(QuotaRow.user_id == user_id))
+            teams = (
+                await s.execute(
+                    select(TeamRow.id, TeamRow.name, QuotaRow.storage)
+                    .join(MembershipRow, MembershipRow.team_id == TeamRow.id)
+                    .outerjoin(QuotaRow, QuotaRow.team_id == TeamRow.id)
+                    .where(MembershipRow.user_id == user_id)
+                    .order_by(TeamRow.name)
+                )
+            ).all()
+            members: dict[int, set[int]] = {team_id: set() for team_id, _, _ in teams}
+            for team_id, member in await s.execute(
+                select(MembershipRow.team_id, MembershipRow.user_id).where(
+                    MembershipRow.team_id.in_(list(members))
+                )
+            ):
+                members[team_id].add(member)
+        return StorageLimits(
+            user=row.storage if row is not None else default,
+            teams=tuple(
+                TeamStorage(team_id, name, limit, frozenset(members[team_id]))
+                for team_id, name, limit in teams
+            ),
+        )
 
     async def overview(self) -> dict[str, Any]:
         """Every user's and every team's quota and use, for the admin console."""

@@ -16,7 +16,8 @@ from typing import Any
 
 from hub.domain.accounts import check_team_name, may_act_on
 from hub.domain.errors import Forbidden, InvalidInput, NotFound
-from hub.domain.resources import parse_memory
+from hub.domain.resources import MAX_SIZE, parse_memory
+from hub.web.openapi import USERNAME_PATTERN, errors, json_body, json_content, param, ref
 from hub.web.servers_api import ApiHandler, user_model
 
 QUOTA_FIELDS = {"cpus": float, "memory": "size", "gpus": int, "servers": int, "storage": "size"}
@@ -69,10 +70,8 @@ class UserHandler(ApiHandler):
 
     async def patch(self, name: str) -> None:
         actor = self.require_any("admin:users")
-        if (
-            not may_act_on(actor, self.scopes, "admin:users", name)
-            or (name == actor.name
-            and not actor.is_admin)
+        if not may_act_on(actor, self.scopes, "admin:users", name) or (
+            name == actor.name and not actor.is_admin
         ):
             raise Forbidden(f"you may not change user {name!r}")
         body = self.json_body()
@@ -121,9 +120,11 @@ def quota_limits(body: dict[str, Any]) -> dict[str, float | int | None]:
         else:
             if not isinstance(value, int | float):
                 raise InvalidInput(f"{key}: expected a number")
-            limits[key] = float(value)
+            limits[key] = float(value) if abs(value) <= MAX_SIZE else MAX_SIZE + 1
         if (limits[key] or 0) < 0:
             raise InvalidInput(f"{key}: must not be negative")
+        if (limits[key] or 0) > MAX_SIZE:
+            raise InvalidInput(f"{key}: {value} is more than any machine has")
     if not limits:
         raise InvalidInput(f"give at least one of {', '.join(QUOTA_FIELDS)}")
     return limits
@@ -157,8 +158,106 @@ class QuotaHandler(ApiHandler):
         actor = self.require("admin:quotas")
         limits = quota_limits(self.json_body())
         ids = await self._owner_ids(kind, name)
-        await self.deps.quotas.set(limits, **ids)
+        defaults = self.deps.settings.quota.limits() if kind == "users" else None
+        await self.deps.quotas.set(limits, defaults=defaults, **ids)
         await self.deps.audit.record(
             actor_id=actor.id, action="quota.set", target=f"{kind[:-1]}:{name}", detail=dict(limits)
         )
         self.write_json(await self.deps.quotas.describe(**ids))
+
+
+OPENAPI_SCHEMAS: dict[str, Any] = {
+    "UserCreate": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "admin": {"type": ["boolean", "null"], "description": "Only admins may set it."},
+            "teams": {
+                "type": "array",
+                "items": {"type": "string", "pattern": USERNAME_PATTERN},
+                "description": "Teams to join, created if missing.",
+            },
+            "password": {
+                "type": ["string", "null"],
+                "minLength": 8,
+                "maxLength": 1024,
+                "description": "Without it, a one-time password is returned once.",
+            },
+        },
+    },
+    "UserUpdate": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "admin": {"type": ["boolean", "null"], "description": "Only admins may set it."},
+            "disabled": {"type": ["boolean", "null"]},
+        },
+    },
+}
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/users/{name}": {
+        "parameters": [param("UserName")],
+        "get": {
+            "summary": "A user and their servers",
+            "operationId": "getUser",
+            "tags": ["users"],
+            "responses": {"200": json_content(ref("User")), **errors(401, 403, 404)},
+        },
+        "post": {
+            "summary": "Create a user (admin:users; only admins create admins)",
+            "operationId": "createUser",
+            "tags": ["users"],
+            "requestBody": json_body(ref("UserCreate")),
+            "responses": {
+                "201": json_content(ref("User"), "Created."),
+                **errors(400, 401, 403, 404, 409),
+            },
+        },
+        "patch": {
+            "summary": "Disable or enable a user, or make or unmake an admin",
+            "operationId": "updateUser",
+            "tags": ["users"],
+            "requestBody": json_body(ref("UserUpdate")),
+            "responses": {"200": json_content(ref("User")), **errors(400, 401, 403, 404, 409)},
+        },
+    },
+    "/quotas": {
+        "get": {
+            "summary": "Every user's and team's quota beside its use",
+            "operationId": "listQuotas",
+            "tags": ["quotas"],
+            "responses": {"200": json_content(ref("QuotaOverview")), **errors(401, 403)},
+        }
+    },
+    "/quotas/{kind}/{name}": {
+        "parameters": [
+            {
+                "name": "kind",
+                "in": "path",
+                "required": True,
+                "schema": {"enum": ["users", "teams"]},
+            },
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "description": "A username or team name.",
+                "schema": {"type": "string", "pattern": USERNAME_PATTERN},
+            },
+        ],
+        "get": {
+            "summary": "One user's or team's quota beside its use",
+            "operationId": "getQuota",
+            "tags": ["quotas"],
+            "responses": {"200": json_content(ref("Quota")), **errors(401, 403, 404)},
+        },
+        "put": {
+            "summary": "Change a quota (admin:quotas)",
+            "operationId": "setQuota",
+            "tags": ["quotas"],
+            "requestBody": json_body(ref("QuotaUpdate"), required=True),
+            "responses": {"200": json_content(ref("Quota")), **errors(400, 401, 403, 404)},
+        },
+    },
+}
