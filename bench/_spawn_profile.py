@@ -114,15 +114,16 @@ def instrument(built: Any) -> None:
     timed_sync(workspaces._routes, "add", "routes.add")
     for name in (
         "_image_user",
-        "_existing",
+        "_create_or_adopt",
         "ensure_network",
-        "_ensure_home_volume",
         "_create",
         "_start_container",
         "_wait_ready",
         "start",
     ):
         timed(backend, name, f"backend.{name}")
+    timed(backend._volumes, "ensure_home", "backend.volumes.ensure_home")
+    timed(backend._exits, "subscribe", "backend.exits.subscribe")
     original_probe = readiness.probe
     ORIGINAL_PROBE.append(original_probe)
 
@@ -328,7 +329,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--environment", default="python")
     parser.add_argument("--image", help="start this image instead of the bench image")
     parser.add_argument(
-        "--max-delay", type=float, help="readiness backoff cap to try (labdock's: 0.25 s)"
+        "--max-delay", type=float, help="readiness backoff cap to try (labdock's: 0.05 s)"
     )
     parser.add_argument(
         "--no-side-poller", action="store_true", help="do not poll the app every 5 ms"

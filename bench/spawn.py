@@ -4,7 +4,8 @@
     $ .venv/bin/python bench/spawn.py --rounds 3 --burst 5 --only raw,labdock
 
 All three start the same image (labdock's ``python`` image plus ``jupyterhub``, built
-once as ``labdock/bench-spawn:<hash>``) with the same limits (1 CPU, 2 GiB, init,
+once as ``labdock/bench-spawn:<hash>``; ``rfc3987-syntax`` stays out of it, as out of the
+environment images) with the same limits (1 CPU, 2 GiB, init,
 no capabilities, a home volume), and a launch counts as done when
 ``<prefix>api/status`` answers 200 with the user's token **through the
 contender's proxy**:
@@ -522,7 +523,10 @@ def report(
             "of others running); the figures are noisy"
         )
     if labdock_end != "proxy" and "labdock" in results:
-        lines.append("note: labdock's proxy is not wired yet; labdock is timed until the API's 201")
+        lines.append(
+            "note: labdock was timed until the API's answer, not through its proxy: "
+            "not comparable with the goals"
+        )
     print("\n".join(lines), flush=True)
     return summary
 
@@ -602,9 +606,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--labdock-end",
-        choices=("auto", "proxy", "api"),
-        default="auto",
-        help="labdock's end condition; auto: the proxy if /user/... reaches the warm-up server",
+        choices=("proxy", "auto", "api"),
+        default="proxy",
+        help="labdock's end condition (default: the proxy; auto: the proxy if /user/... "
+        "reaches the warm-up server, else the API's answer; api: only for diagnosis)",
     )
     parser.add_argument(
         "--environment",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import types
 from collections.abc import AsyncIterator
 
 import pytest
@@ -10,6 +12,8 @@ import pytest_asyncio
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from hub.capacity import host_capacity, nvml_gpus
+from hub.config import CapacitySettings
 from hub.db.accounts import SqlAccountRepo
 from hub.db.engine import make_engine
 from hub.db.environments import SqlCatalog
@@ -72,6 +76,47 @@ def test_gpus_are_exclusive_unless_shareable() -> None:
     assert allocate(("0", "1"), {"0": 2, "1": 1}, 1, shareable=True) == ("1",)
     with pytest.raises(QuotaExceeded, match="this hub has no GPUs"):
         allocate((), {}, 1, shareable=False)
+
+
+class FakeNvml(types.ModuleType):
+    """``pynvml`` (from nvidia-ml-py) as a machine with ``count`` GPUs presents it."""
+
+    def __init__(self, count: int, *, driver: bool = True) -> None:
+        super().__init__("pynvml")
+        self.count, self.driver, self.calls = count, driver, [] if driver else ["init"]
+
+    def nvmlInit(self) -> None:
+        if not self.driver:
+            raise RuntimeError("NVML Shared Library Not Found")
+        self.calls.append("init")
+
+    def nvmlDeviceGetCount(self) -> int:
+        return self.count
+
+    def nvmlShutdown(self) -> None:
+        self.calls.append("shutdown")
+
+
+def test_gpu_inventory_comes_from_nvml_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    nvml = FakeNvml(2)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+
+    limits, inventory = host_capacity(CapacitySettings(cpus=8, memory=GiB, gpus="auto"))
+
+    assert inventory == ("0", "1") and limits.gpus == 2
+    assert nvml.calls == ["init", "shutdown"]
+    # Configuration wins over NVML: an admin may keep GPUs out of the hub's hands.
+    assert host_capacity(CapacitySettings(cpus=8, memory=GiB, gpus="1"))[1] == ("1",)
+
+
+def test_without_nvidia_ml_py_or_a_driver_there_are_no_gpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed: the import fails
+    assert nvml_gpus() == ()
+    assert host_capacity(CapacitySettings(cpus=8, memory=GiB, gpus="auto"))[0].gpus == 0
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(4, driver=False))
+    assert nvml_gpus() == ()
 
 
 @pytest_asyncio.fixture

@@ -9,11 +9,12 @@ engine these tests fail; they never skip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +22,11 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+import pytest_asyncio
 from docker.models.containers import Container
 
 from hub.backends.docker import DockerBackend
+from hub.backends.docker_events import ExitWatcher
 from hub.backends.readiness import probe
 from hub.domain.errors import BackendUnavailable, Conflict, LaunchFailed
 from hub.domain.resources import MiB, Resources
@@ -92,11 +95,13 @@ def hub_id(client: docker.DockerClient) -> Iterator[str]:
     purge(client, hub)
 
 
-@pytest.fixture
-def backend(
+@pytest_asyncio.fixture
+async def backend(
     client: docker.DockerClient, hub_id: str, executor: ThreadPoolExecutor
-) -> DockerBackend:
-    return DockerBackend(client, hub_id=hub_id, executor=executor, extra_labels=TEST_LABELS)
+) -> AsyncIterator[DockerBackend]:
+    made = DockerBackend(client, hub_id=hub_id, executor=executor, extra_labels=TEST_LABELS)
+    yield made
+    await made.close()
 
 
 def make_spec(
@@ -152,25 +157,41 @@ async def inspect(client: docker.DockerClient, name: str) -> dict[str, Any]:
 
 # -- reading limits from inside ----------------------------------------------------------------
 
+# Reads the limits from the cgroup files: the unified (v2) layout when
+# cgroup.controllers is there, else the v1 controllers' folders. CG and MOUNTS
+# point it at other files, so that the v2 branch is tested on a v1 machine too.
 CGROUP_SCRIPT = r"""
-if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+CG=${CG:-/sys/fs/cgroup}
+MOUNTS=${MOUNTS:-/proc/mounts}
+if [ -f $CG/cgroup.controllers ]; then
     echo version=2
-    echo memory=$(cat /sys/fs/cgroup/memory.max)
-    echo swap=$(cat /sys/fs/cgroup/memory.swap.max 2>/dev/null)
-    set -- $(cat /sys/fs/cgroup/cpu.max)
+    echo memory=$(cat $CG/memory.max)
+    echo swap=$(cat $CG/memory.swap.max 2>/dev/null)
+    set -- $(cat $CG/cpu.max)
     echo quota=$1
     echo period=$2
-    echo pids=$(cat /sys/fs/cgroup/pids.max)
+    echo pids=$(cat $CG/pids.max)
 else
     echo version=1
-    echo memory=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)
-    echo memsw=$(cat /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes 2>/dev/null)
-    echo quota=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us)
-    echo period=$(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)
-    echo pids=$(cat /sys/fs/cgroup/pids/pids.max)
+    echo memory=$(cat $CG/memory/memory.limit_in_bytes)
+    echo memsw=$(cat $CG/memory/memory.memsw.limit_in_bytes 2>/dev/null)
+    echo quota=$(cat $CG/cpu/cpu.cfs_quota_us)
+    echo period=$(cat $CG/cpu/cpu.cfs_period_us)
+    echo pids=$(cat $CG/pids/pids.max)
 fi
-echo shm=$(grep ' /dev/shm ' /proc/mounts | sed -n 's/.*size=\([0-9]*k\).*/\1/p')
+echo shm=$(grep ' /dev/shm ' $MOUNTS | sed -n 's/.*size=\([0-9]*k\).*/\1/p')
 """
+
+# What a container limited to 96 MiB, no swap, 0.5 CPU, 77 processes and a 32 MiB
+# /dev/shm sees under cgroup v2 (Docker 20.10+ on a unified hierarchy).
+FAKE_CGROUP_V2 = {
+    "cgroup.controllers": "cpuset cpu io memory hugetlb pids rdma",
+    "memory.max": str(96 * MiB),
+    "memory.swap.max": "0",
+    "cpu.max": "50000 100000",
+    "pids.max": "77",
+}
+FAKE_MOUNTS = "shm /dev/shm tmpfs rw,nosuid,nodev,noexec,relatime,size=32768k 0 0\n"
 
 
 @dataclass(frozen=True)
@@ -186,8 +207,10 @@ class Limits:
     shm_kib: int
 
 
-async def read_limits(client: docker.DockerClient, container_id: str) -> Limits:
-    code, out = await run_in(client, container_id, CGROUP_SCRIPT)
+async def read_limits(
+    client: docker.DockerClient, container_id: str, *, prelude: str = ""
+) -> Limits:
+    code, out = await run_in(client, container_id, prelude + CGROUP_SCRIPT)
     assert code == 0, out
     values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     memsw = values.get("memsw", "")
@@ -214,13 +237,43 @@ async def test_limits_are_enforced_by_the_cgroup_inside_the_container(
     limits = await read_limits(client, endpoint.container_id)
 
     assert limits.memory == 96 * MiB
+    # No swap beyond the memory limit. The files exist when swap accounting is on
+    # (it is on this machine); the engine's own view is checked either way.
     if limits.cgroup_version == 1 and limits.memory_and_swap is not None:
-        assert limits.memory_and_swap == 96 * MiB  # no swap beyond the memory limit
+        assert limits.memory_and_swap == 96 * MiB
     if limits.cgroup_version == 2 and limits.swap is not None:
         assert limits.swap == "0"
+    host = (await inspect(client, endpoint.container_id))["HostConfig"]
+    assert host["Memory"] == host["MemorySwap"] == 96 * MiB
     assert limits.cpus == pytest.approx(0.5)
     assert limits.pids == 77
     assert limits.shm_kib == 32 * 1024
+
+
+async def test_limit_reader_understands_the_cgroup_v2_layout(
+    backend: DockerBackend, client: docker.DockerClient, image: str, hub_id: str
+) -> None:
+    # This machine has cgroup v1; the reader runs against v2 files written in /tmp.
+    endpoint = await backend.start(make_spec(image, hub_id), quiet)
+    files = "".join(
+        f"printf '%s' '{text}' > /tmp/cg/{name}\n" for name, text in FAKE_CGROUP_V2.items()
+    )
+    prelude = (
+        f"mkdir -p /tmp/cg\n{files}printf '{FAKE_MOUNTS}' > /tmp/mounts\n"
+        "export CG=/tmp/cg MOUNTS=/tmp/mounts\n"
+    )
+
+    limits = await read_limits(client, endpoint.container_id, prelude=prelude)
+
+    assert limits == Limits(
+        cgroup_version=2,
+        memory=96 * MiB,
+        memory_and_swap=None,
+        swap="0",
+        cpus=0.5,
+        pids=77,
+        shm_kib=32 * 1024,
+    )
 
 
 async def test_server_runs_unprivileged_without_capabilities_or_docker_socket(
@@ -667,3 +720,90 @@ async def test_event_stream_closes_and_its_thread_ends(backend: DockerBackend, h
     ):
         await asyncio.sleep(0.05)
     assert not any(t.name == f"labdock-events-{hub_id}" for t in threading.enumerate())
+
+
+# -- what a launch costs the engine --------------------------------------------------------------
+
+
+async def test_waiting_for_the_app_does_not_poll_the_engine(
+    backend: DockerBackend, image: str, hub_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A crash is learned from the engine's die event; asking `inspect` every few
+    # hundred ms per starting server would cost two CPUs dearly in a burst.
+    inspected: list[str] = []
+    real = docker.APIClient.inspect_container
+
+    def counting(self: docker.APIClient, container: str) -> Any:
+        inspected.append(container)
+        return real(self, container)
+
+    monkeypatch.setattr(docker.APIClient, "inspect_container", counting)
+    spec = make_spec(image, hub_id, mode="never-ready", timeout=2.0)
+
+    with pytest.raises(LaunchFailed, match="not ready after 2 s"):
+        await backend.start(spec, quiet)
+
+    # After create, after start (for the address), and when reading the last log lines.
+    assert len(inspected) <= 3, inspected
+
+
+async def test_without_the_event_stream_a_crash_is_still_noticed_quickly(
+    backend: DockerBackend, image: str, hub_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unavailable(self: ExitWatcher) -> None:
+        raise BackendUnavailable("no event stream today")
+
+    monkeypatch.setattr(ExitWatcher, "subscribe", unavailable)
+    spec = make_spec(image, hub_id, mode="exit", timeout=30.0, env={"LABDOCK_TEST_EXIT_CODE": "4"})
+    began = time.monotonic()
+
+    with pytest.raises(LaunchFailed, match="exited with code 4 before it was ready"):
+        await backend.start(spec, quiet)
+
+    assert time.monotonic() - began < 10
+
+
+async def test_engine_calls_never_run_on_the_event_loop(
+    backend: DockerBackend, image: str, hub_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.current_thread()
+    callers: list[threading.Thread] = []
+    real_send = docker.APIClient.send
+
+    def send(self: docker.APIClient, request: Any, **kw: Any) -> Any:
+        callers.append(threading.current_thread())
+        return real_send(self, request, **kw)
+
+    monkeypatch.setattr(docker.APIClient, "send", send)
+    spec = make_spec(image, hub_id)
+
+    await backend.start(spec, quiet)
+    await backend.list()
+    await backend.logs(spec.server_id)
+    await backend.stop(spec.server_id, remove=True, grace=1)
+    await backend.remove_volume(spec.user_id)
+    monkeypatch.undo()
+
+    assert len(callers) >= 8
+    assert loop_thread not in callers
+    assert {t.name.split("_")[0] for t in callers} <= {"test-docker", f"labdock-events-{hub_id}"}
+
+
+async def test_a_broken_event_stream_falls_back_to_asking_the_engine(
+    backend: DockerBackend, client: docker.DockerClient, image: str, hub_id: str
+) -> None:
+    spec = make_spec(image, hub_id, mode="never-ready", timeout=30.0)
+    launch = asyncio.ensure_future(backend.start(spec, quiet))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(docker.errors.NotFound):
+            if (await inspect(client, spec.container_name))["State"]["Running"]:
+                break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # the launch now waits for "answers" or "died"
+
+    await backend.close()  # the die subscription ends, as when the engine drops it
+    await asyncio.to_thread(client.containers.get(spec.container_name).kill)
+
+    with pytest.raises(LaunchFailed, match="exited with code 137 before it was ready"):
+        await asyncio.wait_for(launch, 10)

@@ -23,7 +23,9 @@ from hub.config import Settings
 from hub.db.engine import make_engine
 from hub.db.environments import SqlCatalog
 from hub.db.migrate import upgrade
+from hub.domain.errors import BackendUnavailable
 from hub.domain.servers import ServerState
+from hub.domain.workspaces import UNKNOWN_REASON
 from tests.busybox_image import ensure_test_image
 from tests.test_servers_api import busybox_env
 
@@ -100,9 +102,35 @@ async def test_unreachable_engine_at_start_marks_nothing_stopped_and_deletes_not
     )
     async with build_hub(blind) as built:
         record = await built.deps.servers.by_id(ids["a"])
-        assert record is not None and record.state == ServerState.RUNNING
+        assert record is not None and record.state == ServerState.UNKNOWN
+        assert record.stopped_reason == UNKNOWN_REASON
+        assert (record.host, record.port) != (None, None)  # it keeps its address
         assert built.routes.get(ids["a"]) is not None  # rebuilt from the database
+    async with build_hub(blind) as built:  # a second start while still blind
+        assert built.routes.get(ids["a"]) is not None
     assert len(docker_client.containers.list(filters={"label": f"labdock.hub={hub_id}"})) == 1
+    async with build_hub(settings) as built:  # the engine answers again: adopted
+        record = await built.deps.servers.by_id(ids["a"])
+        assert record is not None and record.state == ServerState.RUNNING
+        assert record.stopped_reason is None
+        assert built.routes.get(ids["a"]) is not None
+
+
+async def test_stop_while_the_engine_is_unreachable_leaves_the_state_unknown(
+    settings: Settings, image: str, docker_client: docker.DockerClient, hub_id: str
+) -> None:
+    ids = await launch(settings, image, ["a"])
+    blind = replace(
+        settings, backend=replace(settings.backend, docker_host="unix:///nonexistent.sock")
+    )
+    async with build_hub(blind) as built:
+        with pytest.raises(BackendUnavailable):
+            await built.workspaces.stop(ids["a"])
+        record = await built.deps.servers.by_id(ids["a"])
+        assert record is not None and record.state == ServerState.UNKNOWN
+        assert record.stopped_reason == UNKNOWN_REASON
+    [container] = docker_client.containers.list(filters={"label": f"labdock.hub={hub_id}"})
+    assert container.status == "running"  # nothing was stopped or deleted behind its back
 
 
 def free_port() -> int:

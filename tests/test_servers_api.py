@@ -113,6 +113,9 @@ async def test_launch_returns_201_when_ready_with_the_server_model(
     assert container.labels["labdock.server"] and container.labels["labdock.test"] == "1"
     route = hub.hub.routes.get(int(container.labels["labdock.server"]))
     assert route is not None and route.prefix == "/user/alice/"
+    record = await hub.hub.deps.servers.by_id(int(container.labels["labdock.server"]))
+    assert record is not None
+    assert (record.container_id, record.container_name) == (container.id, container.name)
 
 
 async def test_named_servers_run_side_by_side_and_stop_keeps_the_volume(
@@ -309,6 +312,9 @@ async def test_oom_kill_is_recorded_in_plain_words(hub: RunningHub) -> None:
     assert model["state"] == "stopped"
     assert model["stopped_reason"] == "stopped: exceeded its 64 MiB memory limit"
     assert hub.hub.routes.get(1) is None
+    boss = await user_api(hub, "boss", admin=True)
+    seen_by_admin = json.loads((await boss.call("GET", "/users/alice")).body)["servers"][""]
+    assert seen_by_admin["stopped_reason"] == "stopped: exceeded its 64 MiB memory limit"
 
 
 async def test_too_many_launches_at_once_answer_429_with_retry_after(
@@ -455,3 +461,40 @@ async def test_quota_refusals_are_written_to_the_audit_log(hub: RunningHub) -> N
         "refused",
     )
     assert entry.detail["message"].startswith("needs 1 more server")
+
+
+async def test_a_new_user_with_a_deleted_users_name_gets_a_fresh_home(
+    hub: RunningHub, docker_client: docker.DockerClient, hub_id: str
+) -> None:
+    from sqlalchemy import delete
+
+    from hub.db.schema import ServerRow, UserRow
+
+    first = await user_api(hub, "alice")
+    assert (await first.call("POST", "/users/alice/server", {"environment": "busybox"})).code == 201
+    [container] = containers(docker_client, hub_id)
+    wrote = container.exec_run(["sh", "-c", "echo private > /home/analyst/diary"])
+    assert wrote.exit_code == 0, wrote.output
+    old_id = (await hub.hub.deps.accounts.get("alice")).id
+    assert (await first.call("DELETE", "/users/alice/server", {"remove": True})).code == 204
+    async with hub.hub.engine.begin() as conn:  # the user is deleted
+        await conn.execute(delete(ServerRow).where(ServerRow.user_id == old_id))
+        await conn.execute(delete(UserRow).where(UserRow.id == old_id))
+
+    second = await user_api(hub, "alice")
+    assert (
+        await second.call("POST", "/users/alice/server", {"environment": "busybox"})
+    ).code == 201
+
+    [container] = containers(docker_client, hub_id)
+    assert container.labels["labdock.user"] != str(old_id)
+    read = container.exec_run(["ls", "-A", "/home/analyst"])
+    assert read.exit_code == 0 and b"diary" not in read.output
+    volumes = {
+        v.attrs["Labels"]["labdock.user"]: v.name
+        for v in docker_client.volumes.list(filters={"label": f"labdock.hub={hub_id}"})
+    }
+    # The old home is kept (only an admin deletes it), and never mounted for the newcomer.
+    assert str(old_id) in volumes and len(volumes) == 2
+    mounted = [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
+    assert volumes[str(old_id)] not in mounted

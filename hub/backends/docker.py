@@ -7,7 +7,8 @@
     await backend.stop(spec.server_id, remove=True)         # the home volume stays
 
 Every blocking SDK call runs on the executor that is passed in; keep it at or
-below the SDK's connection pool (10) so that connections are reused.
+below the client's connection pool (``max_pool_size``, 10 by default) so that
+connections are reused.
 
 Decisions worth knowing:
 
@@ -32,6 +33,13 @@ Decisions worth knowing:
   missing it logs a warning, stops asking for it, and retries the launch once.
 - **Failures.** On timeout the container is stopped (not removed) so its
   state and logs can be inspected; the next ``start`` replaces it.
+- **Few engine calls per launch.** The image's user and the volumes are looked
+  up once per backend, the network once; the container is created without a
+  lookup first (a name conflict means one is left over). While the app starts,
+  the hub probes it directly and learns a crash from the engine's ``die`` event
+  (``ExitWatcher``: one subscription shared by all launches), not by polling
+  ``inspect``. A launch costs what ``containers.create`` + ``start`` + one
+  ``inspect`` (for the address) cost, and nothing while it waits.
 """
 
 from __future__ import annotations
@@ -40,7 +48,6 @@ import asyncio
 import builtins
 import contextlib
 import functools
-import hashlib
 import inspect
 import logging
 import math
@@ -58,9 +65,7 @@ from docker.models.containers import Container
 from docker.types import LogConfig
 
 from hub.backends.docker_config import (
-    BRIDGE_NAME_OPTION,
     HUB_LABEL,
-    ICC_OPTION,
     PORT_LABEL,
     SERVER_LABEL,
     SPEC_LABEL,
@@ -68,11 +73,11 @@ from hub.backends.docker_config import (
     check_mounts,
     create_args,
     environment_name,
-    run_as,
     spec_fingerprint,
-    volume_labels,
 )
-from hub.backends.docker_events import container_events
+from hub.backends.docker_events import ExitWatcher, container_events
+from hub.backends.docker_network import bridge_name, ensure_network
+from hub.backends.docker_volumes import HubVolumes
 from hub.backends.readiness import readiness_path, wait_until_ready
 from hub.domain.errors import (
     BackendUnavailable,
@@ -86,12 +91,10 @@ from hub.domain.resources import format_memory
 from hub.domain.servers import (
     Endpoint,
     EngineEvent,
-    Mount,
     Observed,
     ProgressEvent,
     ProgressSink,
     ServerSpec,
-    home_volume_name,
 )
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 LOG_LINES = 20
+# How long a launch waits for the die-event subscription before it falls back to polling.
+SUBSCRIBE_WAIT = 5.0
 FAILED_STOP_GRACE = 3
 _HUB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 _GONE = {"exited", "dead", "removing"}
@@ -182,6 +187,11 @@ class DockerBackend:
         self._network_ready = False
         self._network_lock = asyncio.Lock()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._image_users: dict[str, str] = {}
+        self._volumes = HubVolumes(
+            client, hub_id=hub_id, call=self._call, extra_labels=self._extra_labels
+        )
+        self._exits = ExitWatcher(client, hub_id=hub_id)
 
     @property
     def hub_id(self) -> str:
@@ -196,9 +206,7 @@ class DockerBackend:
     @property
     def bridge(self) -> str:
         """The host interface of the network, named so that a firewall rule can match it."""
-        if len(self._hub_id) <= 12:  # Linux caps interface names at 15 characters
-            return f"ld-{self._hub_id}"
-        return "ld-" + hashlib.sha256(self._hub_id.encode()).hexdigest()[:12]
+        return bridge_name(self._hub_id)
 
     @property
     def uses_init(self) -> bool:
@@ -232,108 +240,23 @@ class DockerBackend:
         """Create the hub's network unless it exists; refuse one that is not ours."""
         async with self._network_lock:
             if not self._network_ready:
-                await self._call(self._ensure_network_sync)
-                self._network_ready = True
-
-    def _ensure_network_sync(self) -> None:
-        for attempt in (1, 2):
-            found = [
-                n
-                for n in self._client.networks.list(names=[self._network])
-                if n.name == self._network
-            ]
-            if found:
-                self._check_network(found[0].attrs)
-                return
-            try:
-                self._client.networks.create(
-                    self._network,
-                    driver="bridge",
+                await self._call(
+                    ensure_network,
+                    self._client,
+                    name=self._network,
+                    hub_id=self._hub_id,
                     internal=self._internal,
-                    options={ICC_OPTION: "false", BRIDGE_NAME_OPTION: self.bridge},
-                    labels={**self._extra_labels, HUB_LABEL: self._hub_id},
-                    check_duplicate=True,
+                    labels=self._extra_labels,
                 )
-                return
-            except derr.APIError as exc:
-                if exc.status_code != 409 or attempt == 2:
-                    raise BackendUnavailable(
-                        f"could not create network {self._network}: {_explain(exc)}"
-                    ) from exc
-
-    def _check_network(self, attrs: Mapping[str, Any]) -> None:
-        fix = f"remove it (docker network rm {self._network}) or configure another name"
-        if (attrs.get("Labels") or {}).get(HUB_LABEL) != self._hub_id:
-            raise Conflict(f"network {self._network} exists but is not this hub's; {fix}")
-        icc = (attrs.get("Options") or {}).get(ICC_OPTION, "true")
-        if icc != "false" or bool(attrs.get("Internal")) != self._internal:
-            raise Conflict(
-                f"network {self._network} does not isolate servers as configured "
-                f"(internal={attrs.get('Internal')}, icc={icc}); {fix}"
-            )
-
-    async def _ensure_home_volume(self, spec: ServerSpec) -> None:
-        labels = volume_labels(spec, self._extra_labels)
-
-        def ensure() -> None:
-            try:
-                self._client.volumes.get(spec.home_volume)
-            except derr.NotFound:
-                # Creating an existing local volume is a no-op, so a race is harmless.
-                self._client.volumes.create(spec.home_volume, driver="local", labels=labels)
-
-        try:
-            await self._call(ensure)
-        except derr.APIError as exc:
-            raise LaunchFailed(f"could not create the home volume: {_explain(exc)}") from exc
-
-    async def _ensure_shared_volumes(self, spec: ServerSpec, image_user: str) -> None:
-        """Create missing mounted volumes, labelled, and owned by the server's user."""
-
-        def ensure(mount: Mount) -> None:
-            try:
-                self._client.volumes.get(mount.volume)
-                return
-            except derr.NotFound:
-                pass
-            labels = {**mount.labels, **self._extra_labels, HUB_LABEL: self._hub_id}
-            self._client.volumes.create(mount.volume, driver="local", labels=labels)
-            # A fresh volume is root's; the server runs without CAP_CHOWN, so a
-            # one-shot container of the same image (no network) hands it over.
-            self._client.containers.run(
-                spec.image,
-                command=["chown", run_as(image_user), "/volume"],
-                entrypoint=[],
-                user="0",
-                network_mode="none",
-                volumes={mount.volume: {"bind": "/volume", "mode": "rw"}},
-                labels={**self._extra_labels, HUB_LABEL: self._hub_id},
-                remove=True,
-            )
-
-        for mount in spec.mounts:
-            try:
-                await self._call(ensure, mount)
-            except derr.DockerException as exc:
-                raise LaunchFailed(f"could not prepare volume {mount.volume}: {exc}") from exc
+                self._network_ready = True
 
     async def remove_volume(self, user_id: int) -> None:
         """Delete a user's home volume (an explicit admin action). Missing is fine."""
-        name = home_volume_name(self._hub_id, user_id)
+        await self._volumes.remove_home(user_id)
 
-        def remove() -> None:
-            with contextlib.suppress(derr.NotFound):
-                self._client.volumes.get(name).remove()
-
-        try:
-            await self._call(remove)
-        except derr.APIError as exc:
-            if exc.status_code == 409:
-                raise Conflict(
-                    f"the home volume of user {user_id} is still used by a container; "
-                    "stop and remove that user's servers first"
-                ) from exc
-            raise BackendUnavailable(f"could not remove volume {name}: {_explain(exc)}") from exc
+    async def close(self) -> None:
+        """Close the engine event subscription that launches share."""
+        await self._exits.close()
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -359,25 +282,39 @@ class DockerBackend:
     async def _start_locked(
         self, spec: ServerSpec, progress: ProgressSink, deadline: float
     ) -> Endpoint:
-        image_user = await self._image_user(spec.image)
-        await _emit(progress, ProgressEvent(10, f"image {spec.image} is ready"))
-        container = await self._existing(spec)
-        if container is None:
+        # Follow die events from before the container starts, so that a crash is
+        # learned at once without asking the engine again and again.
+        subscribed = asyncio.ensure_future(self._exits.subscribe())
+        try:
+            image_user = await self._image_user(spec.image)
+            await _emit(progress, ProgressEvent(10, f"image {spec.image} is ready"))
             await _emit(progress, ProgressEvent(20, "creating the container"))
-            await self.ensure_network()
-            await self._ensure_home_volume(spec)
-            await self._ensure_shared_volumes(spec, image_user)
-            container = await self._create(spec, image_user)
-            await _emit(progress, ProgressEvent(40, "starting the container"))
-            container = await self._start_container(container, spec, image_user)
-        else:
-            await _emit(progress, ProgressEvent(40, "the container is already running"))
-        await _emit(progress, ProgressEvent(60, "waiting for the app to answer"))
-        endpoint = await self._wait_ready(container, spec, deadline)
+            await asyncio.gather(self.ensure_network(), self._volumes.ensure_home(spec))
+            await self._volumes.ensure_mounts(spec, image_user)
+            container, adopted = await self._create_or_adopt(spec, image_user)
+            if adopted:
+                await _emit(progress, ProgressEvent(40, "the container is already running"))
+                await asyncio.wait({subscribed}, timeout=SUBSCRIBE_WAIT)
+                await self._call(container.reload)  # a death before the subscription shows
+            else:
+                await _emit(progress, ProgressEvent(40, "starting the container"))
+                await asyncio.wait({subscribed}, timeout=SUBSCRIBE_WAIT)
+                container = await self._start_container(container, spec, image_user)
+            await _emit(progress, ProgressEvent(60, "waiting for the app to answer"))
+            endpoint = await self._wait_ready(container, spec, deadline)
+        finally:
+            if not subscribed.done():
+                subscribed.cancel()
+            # A failed subscription only means polling instead: see _until_exit.
+            await asyncio.gather(subscribed, return_exceptions=True)
         await _emit(progress, ProgressEvent(100, f"ready at {endpoint.url}", ready=True))
         return endpoint
 
     async def _image_user(self, image: str) -> str:
+        """The image's ``USER``; remembered, since an image (pinned by id) never changes."""
+        known = self._image_users.get(image)
+        if known is not None:
+            return known
         try:
             found = await self._call(self._client.images.get, image)
         except derr.ImageNotFound as exc:
@@ -387,7 +324,22 @@ class DockerBackend:
         except derr.APIError as exc:
             raise LaunchFailed(f"could not inspect image {image}: {_explain(exc)}") from exc
         config = found.attrs.get("Config") or {}
-        return str(config.get("User") or "")
+        user = self._image_users[image] = str(config.get("User") or "")
+        return user
+
+    async def _create_or_adopt(self, spec: ServerSpec, image_user: str) -> tuple[Container, bool]:
+        """A new container, or the running one to adopt (``True``).
+
+        Creating first saves a lookup on the usual path; the name is taken only
+        when a container of this server is left over or already running.
+        """
+        try:
+            return await self._create(spec, image_user), False
+        except Conflict:
+            existing = await self._existing(spec)  # removes a stopped one
+            if existing is not None:
+                return existing, True
+            return await self._create(spec, image_user), False
 
     async def _existing(self, spec: ServerSpec) -> Container | None:
         """The running container to adopt, or None after clearing a stopped one."""
@@ -429,6 +381,7 @@ class DockerBackend:
                 await self.ensure_network()
                 return await self._call(self._client.containers.create, **args)
         except derr.ImageNotFound as exc:
+            self._image_users.pop(spec.image, None)
             raise LaunchFailed(
                 f"image {spec.image} is not built; "
                 f"run `labdock images build {environment_name(spec.image)}`"
@@ -525,6 +478,24 @@ class DockerBackend:
         )
 
     async def _until_exit(self, container: Container) -> dict[str, Any]:
+        """The container's state once it has stopped: told by a die event, else polled."""
+        cid = str(container.id)
+        if (container.attrs.get("State") or {}).get("Status") not in _GONE:
+            died = self._exits.died(cid)
+            try:
+                await died
+            except BackendUnavailable:  # no event stream: ask the engine instead
+                return await self._poll_exit(container)
+            finally:
+                self._exits.forget(cid, died)
+        try:
+            await self._call(container.reload)
+        except derr.NotFound:  # stopped and removed meanwhile
+            return {"Status": "removed"}
+        state: dict[str, Any] = container.attrs.get("State") or {}
+        return state
+
+    async def _poll_exit(self, container: Container) -> dict[str, Any]:
         delay = 0.05
         while True:
             try:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -64,19 +65,25 @@ def parse_event(raw: Mapping[str, Any]) -> EngineEvent | None:
 
 
 async def container_events(
-    client: docker.DockerClient, *, hub_id: str
+    client: docker.DockerClient,
+    *,
+    hub_id: str,
+    actions: tuple[str, ...] = ACTIONS,
+    subscribed: asyncio.Event | None = None,
 ) -> AsyncGenerator[EngineEvent, None]:
-    """Yield ``start``, ``die`` and ``oom`` events of this hub's containers.
+    """Yield ``start``, ``die`` and ``oom`` events (or only ``actions``) of this hub's containers.
 
-    Raises ``BackendUnavailable`` if the stream breaks (engine restarted or
-    unreachable): events may have been missed, so the caller should reconcile
-    with ``Backend.list()`` and subscribe again.
+    ``subscribed`` is set once the engine has accepted the subscription: every
+    event after that moment is delivered. Raises ``BackendUnavailable`` if the
+    stream breaks (engine restarted or unreachable): events may have been
+    missed, so the caller should reconcile with ``Backend.list()`` and
+    subscribe again.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[EngineEvent | _End] = asyncio.Queue()
     lock = threading.Lock()
     state: dict[str, Any] = {"stream": None, "closed": False}
-    filters = {"type": ["container"], "label": [f"labdock.hub={hub_id}"], "event": list(ACTIONS)}
+    filters = {"type": ["container"], "label": [f"labdock.hub={hub_id}"], "event": list(actions)}
 
     def hand_over(item: EngineEvent | _End) -> None:
         # A closed loop means nobody listens any more; the thread just ends.
@@ -93,6 +100,9 @@ async def container_events(
             if closed:
                 stream.close()
                 return
+            if subscribed is not None:  # the engine answered: the subscription is live
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(subscribed.set)
             for raw in stream:
                 event = parse_event(raw)
                 if event is not None:
@@ -126,3 +136,129 @@ async def container_events(
                 stream.close()
             except Exception:  # best effort: the socket may already be gone
                 log.debug("closing the event stream failed", exc_info=True)
+
+
+class ExitWatcher:
+    """Tells launches when their container dies, from one shared ``die`` subscription.
+
+        watcher = ExitWatcher(client, hub_id="h1")
+        await watcher.subscribe()            # before starting a container: no die is missed
+        died = watcher.died(container.id)    # a future: resolves with the exit code
+        ...
+        watcher.forget(container.id, died)
+        await watcher.close()
+
+    A launch waits for "the app answers or the container dies"; asking the engine
+    (``inspect``) over and over for the second costs CPU on both sides, which a
+    burst of launches on a small machine cannot spare. The subscription is opened
+    on demand and closed after ``linger`` seconds without waiters. If the stream
+    breaks, pending futures fail with ``BackendUnavailable`` and the caller falls
+    back to asking the engine.
+    """
+
+    def __init__(self, client: docker.DockerClient, *, hub_id: str, linger: float = 30.0) -> None:
+        self._client = client
+        self._hub_id = hub_id
+        self._linger = linger
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._waiters: dict[str, set[asyncio.Future[int | None]]] = {}
+        # Deaths seen recently, so that a waiter registered just after one still learns it.
+        self._dead: OrderedDict[str, int | None] = OrderedDict()
+        self._idle: asyncio.TimerHandle | None = None
+        self._error = BackendUnavailable("the engine's event stream ended")
+
+    async def subscribe(self) -> None:
+        """Open the subscription unless it is open; return once the engine accepted it."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a new event loop (tests): start afresh
+            self._loop, self._task, self._waiters = loop, None, {}
+        if self._task is None or self._task.done():
+            self._subscribed = asyncio.Event()
+            self._task = loop.create_task(self._follow(self._subscribed), name="labdock-exits")
+        self._keep_alive()
+        task, subscribed = self._task, self._subscribed
+        if subscribed.is_set():
+            return
+        waiting = asyncio.ensure_future(subscribed.wait())
+        try:
+            await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+        if not subscribed.is_set():
+            raise self._error
+
+    def died(self, container_id: str) -> asyncio.Future[int | None]:
+        """A future resolved with the exit code once the container dies (after ``subscribe``)."""
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        if container_id in self._dead:
+            future.set_result(self._dead[container_id])
+        elif self._task is None or self._task.done() or not self._subscribed.is_set():
+            future.set_exception(BackendUnavailable("not subscribed to the engine's events"))
+        else:
+            self._waiters.setdefault(container_id, set()).add(future)
+        return future
+
+    def forget(self, container_id: str, future: asyncio.Future[int | None]) -> None:
+        """Stop waiting (the app answered, or the launch gave up)."""
+        waiters = self._waiters.get(container_id)
+        if waiters is not None:
+            waiters.discard(future)
+            if not waiters:
+                del self._waiters[container_id]
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()  # retrieved: asyncio need not warn about it
+        self._keep_alive()
+
+    async def close(self) -> None:
+        """Close the subscription; its reader thread ends."""
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _keep_alive(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._loop is not None:
+            self._idle = self._loop.call_later(self._linger, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        self._idle = None
+        if self._waiters:
+            self._keep_alive()
+        elif self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def _follow(self, subscribed: asyncio.Event) -> None:
+        events = container_events(
+            self._client, hub_id=self._hub_id, actions=("die",), subscribed=subscribed
+        )
+        error = BackendUnavailable("the engine's event stream ended")
+        try:
+            async for event in events:
+                self._dead[event.container_id] = event.exit_code
+                while len(self._dead) > 512:
+                    self._dead.popitem(last=False)
+                for future in self._waiters.pop(event.container_id, ()):
+                    if not future.done():
+                        future.set_result(event.exit_code)
+        except BackendUnavailable as exc:  # told to the waiters; the next subscribe retries
+            log.debug("exit watcher: %s", exc.message)
+            error = exc
+        finally:
+            # Unless a newer subscription took over (after close()), its waiters are ours.
+            if self._task in (None, asyncio.current_task()):
+                self._error = error
+                for waiters in self._waiters.values():
+                    for future in waiters:
+                        if not future.done():
+                            future.set_exception(error)
+                self._waiters = {}
+            await events.aclose()

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 from collections.abc import Mapping
 from concurrent.futures import Executor
 
@@ -79,6 +80,10 @@ class DockerVolumeMeter:
         self._image = image
         self._extra_labels = dict(extra_labels or {})
         self._timeout = timeout
+        # Helpers now running, so that closing the hub can end them at once.
+        self._running: set[str] = set()
+        self._closed = False
+        self._lock = threading.Lock()
 
     async def measure(self) -> list[VolumeUse]:
         """Every volume of this hub with its size; raises when the engine cannot tell."""
@@ -87,6 +92,19 @@ class DockerVolumeMeter:
             return await loop.run_in_executor(self._executor, functools.partial(self._measure))
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             raise BackendUnavailable(f"cannot reach the Docker engine: {exc}") from exc
+
+    def close(self) -> None:
+        """Remove any helper still measuring, and start no more (blocking).
+
+        A cancelled measurement goes on in its executor thread; without this, a helper
+        would outlive the hub and hold its volumes open.
+        """
+        with self._lock:
+            self._closed = True
+            running = list(self._running)
+        for cid in running:
+            with contextlib.suppress(derr.APIError, requests.exceptions.RequestException):
+                self._client.api.remove_container(cid, force=True)
 
     def helper_image(self) -> str:
         """The configured image, or the newest ``labdock/base`` (blocking)."""
@@ -151,6 +169,14 @@ class DockerVolumeMeter:
             host_config=host_config,
         )
         cid = created["Id"]
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._running.add(cid)
+        if closed:
+            with contextlib.suppress(derr.NotFound):
+                api.remove_container(cid, force=True)
+            raise BackendUnavailable("the hub is stopping; storage was not measured")
         try:
             api.start(cid)
             try:
@@ -161,7 +187,11 @@ class DockerVolumeMeter:
                 ) from None
             output = api.logs(cid, stdout=True, stderr=False).decode(errors="replace")
             errors = api.logs(cid, stdout=False, stderr=True).decode(errors="replace").strip()
+        except derr.NotFound:
+            raise BackendUnavailable("the storage helper was removed before it finished") from None
         finally:
+            with self._lock:
+                self._running.discard(cid)
             with contextlib.suppress(derr.NotFound):
                 api.remove_container(cid, force=True)
         sizes = parse_du(output, paths)

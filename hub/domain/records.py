@@ -16,7 +16,11 @@ from hub.domain.quotas import Limits, Usage
 from hub.domain.resources import Resources
 from hub.domain.servers import Endpoint, ServerState
 
-ACTIVE_STATES = frozenset({ServerState.STARTING, ServerState.RUNNING, ServerState.STOPPING})
+# UNKNOWN counts: a server the engine could not be asked about may still run, so it
+# keeps its quota, its GPUs and its address until the engine answers again.
+ACTIVE_STATES = frozenset(
+    {ServerState.STARTING, ServerState.RUNNING, ServerState.STOPPING, ServerState.UNKNOWN}
+)
 
 
 @dataclass(frozen=True)

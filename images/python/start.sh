@@ -15,7 +15,9 @@ fi
 JUPYTER_TOKEN="$LABDOCK_SERVER_SECRET"
 export JUPYTER_TOKEN
 
-exec jupyter server \
+# jupyter-server rather than `jupyter server`: the `jupyter` launcher would start a second
+# Python process only to exec this one.
+exec jupyter-server \
     --ip=0.0.0.0 \
     --port="${LABDOCK_PORT:-8888}" \
     --ServerApp.port_retries=0 \
