@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages labdock and its tests need, if any are missing.
 set -euo pipefail
-packages=(debootstrap busybox-static postgresql ca-certificates)
+packages=(debootstrap busybox-static postgresql ca-certificates chromium fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
