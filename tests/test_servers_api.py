@@ -134,7 +134,11 @@ async def test_named_servers_run_side_by_side_and_stop_keeps_the_volume(
     assert stop.code == 204
     assert len(containers(docker_client, hub_id)) == 1
     user = json.loads((await alice.call("GET", "/users/alice")).body)
-    assert user["servers"]["one"]["state"] == "stopped"
+    assert "one" not in user["servers"] and user["servers"]["two"]["state"] == "running"
+    stopped = await alice.call("DELETE", "/users/alice/servers/two")
+    assert stopped.code == 204
+    user = json.loads((await alice.call("GET", "/users/alice")).body)
+    assert user["servers"]["two"]["state"] == "stopped"  # a plain stop keeps the server
     volumes = docker_client.volumes.list(filters={"label": f"labdock.hub={hub_id}"})
     assert len(volumes) == 1
 

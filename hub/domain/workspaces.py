@@ -19,19 +19,23 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from hub.domain.accounts import TeamDirectory, User
 from hub.domain.audit import AuditLog
-from hub.domain.catalog import Catalog, Environment, check_server_name, choose_resources
+from hub.domain.catalog import (
+    Catalog,
+    Environment,
+    check_server_name,
+    choose_resources,
+    launch_target,
+)
 from hub.domain.clock import Clock
 from hub.domain.errors import (
     BackendUnavailable,
-    InvalidInput,
     LabdockError,
     LaunchFailed,
     NotFound,
-    QuotaExceeded,
     TooManyRequests,
 )
 from hub.domain.gpus import allocate
@@ -51,7 +55,15 @@ from hub.domain.servers import (
 
 log = logging.getLogger(__name__)
 
+
+class StorageGate(Protocol):
+    """Refuses launches of users over a storage quota (``hub.domain.storage.StorageQuota``)."""
+
+    async def admit(self, user: User) -> None: ...
+
+
 OOM_WINDOW_S = 30.0
+UNKNOWN_REASON = "the Docker engine cannot be reached; labdock does not know if it still runs"
 
 
 @dataclass(frozen=True)
@@ -101,7 +113,9 @@ class Workspaces:
         teams: TeamDirectory | None = None,
         audit: AuditLog | None = None,
         progress: ProgressBoard | None = None,
+        storage: StorageGate | None = None,
     ) -> None:
+        self._storage = storage
         self._repo = repo
         self._backend = backend
         self._routes = routes
@@ -116,17 +130,16 @@ class Workspaces:
 
     # Launching --------------------------------------------------------------
 
-    async def environment(self, name: Any) -> Environment:
-        """A launchable environment by name, or a refusal that says why."""
-        if not isinstance(name, str) or not name:
-            raise InvalidInput("environment: name the environment to launch")
-        env = await self._catalog.get(name)
-        if env is None:
-            raise NotFound(f"environment {name!r} is not in the catalog")
-        if not env.launchable:
-            state = "retired" if env.retired else "disabled"
-            raise InvalidInput(f"environment {name!r} is {state} and cannot be launched")
-        return env
+    async def environment(
+        self, name: Any, version: Any = None, owner: User | None = None
+    ) -> Environment:
+        """The environment (at ``version``, default its current one) ``owner`` may launch,
+        or a refusal that says why (``hub.domain.catalog.launch_target``)."""
+        team_ids: frozenset[int] = frozenset()
+        if owner is not None and self._teams is not None:
+            team_ids = await self._teams.team_ids_of(owner.id)
+        admin = owner is None or owner.is_admin
+        return await launch_target(self._catalog, name, version, admin=admin, team_ids=team_ids)
 
     def _decide(self, resources: Resources, env: Environment) -> Any:
         def decide(view: AdmissionView) -> tuple[str, ...]:
@@ -144,9 +157,22 @@ class Workspaces:
     async def launch(
         self, owner: User, server_name: str, body: Mapping[str, Any]
     ) -> tuple[ServerRecord, bool]:
-        """Admit and start a server; ``False`` when it was already starting or running."""
+        """Admit and start a server; ``False`` when it was already starting or running.
+
+        Every refusal (quota, environment, bad input, too busy) goes to the audit log.
+        """
+        try:
+            return await self._launch(owner, server_name, body)
+        except LabdockError as exc:
+            target = f"{owner.name}/{server_name}"
+            await self._record(owner.id, "server.launch", target, "refused", exc.message)
+            raise
+
+    async def _launch(
+        self, owner: User, server_name: str, body: Mapping[str, Any]
+    ) -> tuple[ServerRecord, bool]:
         check_server_name(server_name)
-        env = await self.environment(body.get("environment"))
+        env = await self.environment(body.get("environment"), body.get("version"), owner)
         resources = choose_resources(env, body)
         existing = await self._repo.get(owner.id, server_name)
         if existing is not None and existing.state in (ServerState.STARTING, ServerState.RUNNING):
@@ -163,15 +189,11 @@ class Workspaces:
             image_digest=env.image,
             resources=resources,
             secret=secrets.token_urlsafe(32),
-            user_options={k: body[k] for k in ("cpus", "memory", "gpus") if k in body},
+            user_options={k: body[k] for k in ("version", "cpus", "memory", "gpus") if k in body},
         )
-        try:
-            record, fresh = await self._repo.claim(claim, self._decide(resources, env))
-        except QuotaExceeded as exc:
-            await self._record(
-                owner.id, "server.launch", f"{owner.name}/{server_name}", "refused", exc.message
-            )
-            raise
+        if self._storage is not None:  # measured, not reserved: no need for the claim lock
+            await self._storage.admit(owner)
+        record, fresh = await self._repo.claim(claim, self._decide(resources, env))
         if fresh:
             self._start_task(record, env)
         return record, fresh
@@ -309,25 +331,39 @@ class Workspaces:
         try:
             await self._backend.stop(server_id, remove=remove, grace=self._policy.stop_grace)
         except BackendUnavailable:
-            await self._repo.mark(
-                server_id, ServerState.UNKNOWN, reason="the engine is unreachable"
-            )
+            await self._repo.mark(server_id, ServerState.UNKNOWN, reason=UNKNOWN_REASON)
             raise
         await self._repo.mark(
             server_id, ServerState.STOPPED, reason=reason, forget_container=remove
         )
 
-    async def restart(self, owner: User, server_name: str) -> tuple[ServerRecord, bool]:
-        """Stop a server (keeping its container's volume) and launch it again as it was."""
+    async def remove(self, server_id: int) -> None:
+        """Stop the server, delete its container and forget it; the home volume stays.
+
+        The name is free again afterwards: launching it starts a new server.
+        """
+        await self.stop(server_id, remove=True)
+        await self._repo.delete(server_id)
+
+    async def restart(
+        self, owner: User, server_name: str, version: str | None = None
+    ) -> tuple[ServerRecord, bool]:
+        """Stop a server (keeping its container's volume) and launch it again as it was:
+        the same choices and the same image digest, unless ``version`` names another."""
         record = await self._repo.get(owner.id, server_name)
         if record is None:
             raise NotFound(f"{owner.name} has no server {server_name!r}")
         env = await self._catalog.by_id(record.environment_id or 0)
         if env is None:
             raise NotFound("the environment of this server is no longer in the catalog")
+        body = {"environment": env.name, **record.user_options}
+        if version is not None:
+            body["version"] = version
+        elif record.image_digest.startswith("sha256:"):
+            body["version"] = record.image_digest
+        await self.environment(env.name, body.get("version"), owner)  # refuse before stopping
         if record.state not in (ServerState.STOPPED, ServerState.FAILED):
             await self.stop(record.id, remove=True)
-        body = {"environment": env.name, **record.user_options}
         return await self.launch(owner, server_name, body)
 
     # Engine events and recovery ---------------------------------------------
@@ -369,8 +405,9 @@ class Workspaces:
         Running containers of running rows are adopted, rows whose container
         vanished are marked stopped, interrupted launches are resumed, and
         containers of this hub that no row claims are removed. If the engine
-        cannot be asked, routes are rebuilt from the rows and nothing is
-        marked stopped or deleted.
+        cannot be asked, active rows become ``unknown`` (keeping what they hold),
+        routes are rebuilt from the rows, and nothing is marked stopped or
+        deleted; the next reconcile, once the engine answers, settles them.
         """
         records = await self._repo.all()
         try:
@@ -378,13 +415,18 @@ class Workspaces:
         except BackendUnavailable:
             log.warning("engine unreachable at start: server states are unknown")
             for record in records:
-                if record.state == ServerState.RUNNING and record.host and record.port:
-                    env = await self._catalog.by_id(record.environment_id or 0)
+                if record.state in (ServerState.RUNNING, ServerState.STARTING):
+                    # It may well still run: keep its resources, GPUs and route, and say so.
+                    await self._repo.mark(record.id, ServerState.UNKNOWN, reason=UNKNOWN_REASON)
+                elif record.state != ServerState.UNKNOWN:
+                    continue
+                if record.host and record.port:
+                    env = await self._catalog.by_id(record.environment_id or 0, record.image_digest)
                     self._routes.add(self.route(record, env, record.host, record.port))
             return
         for record in records:
             seen = observed.pop(record.id, None)
-            env = await self._catalog.by_id(record.environment_id or 0)
+            env = await self._catalog.by_id(record.environment_id or 0, record.image_digest)
             if record.state in (ServerState.RUNNING, ServerState.UNKNOWN):
                 if seen is not None and seen.running and seen.endpoint is not None:
                     await self._repo.mark_running(

@@ -472,7 +472,10 @@ class ServerActionPage(AdminPage):
         if record is None:
             raise NotFound("no such server; it may have been removed already")
         remove = action == "remove"
-        await self.deps.workspaces.stop(record.id, remove=remove, reason="stopped by an admin")
+        if remove:
+            await self.deps.workspaces.remove(record.id)
+        else:
+            await self.deps.workspaces.stop(record.id, reason="stopped by an admin")
         label = f"{record.user_name}/{record.name}" if record.name else record.user_name
         await self.audit(actor, f"server.{action}", label, environment=record.environment)
         verb = "stopped and its container removed (the home volume stays)" if remove else "stopped"

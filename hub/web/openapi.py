@@ -209,7 +209,10 @@ SCHEMAS: dict[str, Any] = {
             "remove": {
                 "type": "boolean",
                 "default": False,
-                "description": "Also delete the container; the home volume stays.",
+                "description": (
+                    "Also delete the container and forget the server (its name is free "
+                    "again); the home volume stays."
+                ),
             }
         },
     },

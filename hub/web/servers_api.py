@@ -15,11 +15,11 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 
 from hub.domain.accounts import User, may_act_on
-from hub.domain.catalog import Environment
 from hub.domain.errors import Forbidden, InvalidInput, LaunchFailed, NotFound
 from hub.domain.records import ServerRecord
 from hub.domain.servers import ProgressEvent, ServerState
 from hub.web.base import BaseHandler
+from hub.web.openapi import errors, json_body, json_content, param, ref
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -49,6 +49,8 @@ def server_model(record: ServerRecord) -> dict[str, Any]:
             "gpu_ids": list(record.gpu_ids),
         },
         "stopped_reason": record.stopped_reason,
+        # The image it runs, pinned: relaunch it with {"version": image_digest}.
+        "image_digest": record.image_digest,
     }
 
 
@@ -61,19 +63,23 @@ def user_model(user: User, servers: list[ServerRecord]) -> dict[str, Any]:
     }
 
 
-def environment_model(env: Environment) -> dict[str, Any]:
-    def res(r: Any) -> dict[str, Any]:
-        return {"cpus": r.cpus, "memory": r.memory, "gpus": r.gpus}
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: Python reads them, JSON has none
 
-    return {
-        "name": env.name,
-        "description": env.description,
-        "version": env.version,
-        "image": env.image,
-        "default": res(env.default),
-        "maximum": res(env.maximum),
-        "gpu": env.gpu,
-    }
+
+def _holds_nul(value: Any) -> bool:
+    """Whether any string in a parsed JSON document holds NUL (which PostgreSQL cannot store)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 class ApiHandler(BaseHandler):
@@ -83,11 +89,13 @@ class ApiHandler(BaseHandler):
         if not self.request.body:
             return {}
         try:
-            body = json.loads(self.request.body)
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(self.request.body, parse_constant=_refuse_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidInput("the request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise InvalidInput("the request body must be a JSON object")
+        if _holds_nul(body):
+            raise InvalidInput("the request body must not contain NUL characters")
         return body
 
     async def owner(self, name: str, scope: str) -> User:
@@ -117,17 +125,27 @@ class ServerHandler(ApiHandler):
             raise NotFound(
                 f"{owner.name} has no server {server!r}" if server else "no default server"
             )
-        await self.deps.workspaces.stop(record.id, remove=remove)
+        if remove:
+            await self.deps.workspaces.remove(record.id)
+        else:
+            await self.deps.workspaces.stop(record.id)
         self.set_status(204)
         self.finish()
 
 
 class RestartHandler(ApiHandler):
-    """``POST .../restart``: stop, then launch again with the same choices."""
+    """``POST .../restart``: stop, then launch again with the same choices and image digest
+    (``{"version": "<label or digest>"}`` picks another version of its environment)."""
 
     async def post(self, name: str, server: str = "") -> None:
         owner = await self.owner(name, "servers")
-        record, _ = await self.deps.workspaces.restart(owner, server)
+        body = self.json_body()
+        if set(body) - {"version"}:
+            raise InvalidInput('restart takes only {"version": "<label or digest>"}')
+        version = body.get("version")
+        if version is not None and not isinstance(version, str):
+            raise InvalidInput("version: expected a version label or an image digest")
+        record, _ = await self.deps.workspaces.restart(owner, server, version)
         await respond_launch(self, record)
 
 
@@ -220,11 +238,99 @@ class UsersHandler(ApiHandler):
         self.write_json([user_model(u, by_user.get(u.name, [])) for u in users])
 
 
-class EnvironmentsHandler(ApiHandler):
-    """``GET /hub/api/environments``: what this user may launch."""
+def _server_paths(base: str, params: list[dict[str, str]], which: str) -> dict[str, Any]:
+    launched = {
+        "201": {
+            **json_content(ref("Server"), "The server is ready (or was already running)."),
+            "headers": {"Location": {"schema": {"type": "string"}, "description": "Its URL."}},
+        },
+        "202": {
+            **json_content(ref("Server"), "The server is starting; follow its progress_url."),
+            "headers": {"Location": {"schema": {"type": "string"}, "description": "Its URL."}},
+        },
+    }
+    return {
+        base: {
+            "parameters": params,
+            "post": {
+                "summary": f"Launch {which}",
+                "operationId": f"launch{which.title().replace(' ', '')}",
+                "tags": ["servers"],
+                "description": "Waits up to hub.launch_wait seconds for readiness. Over quota "
+                "is a 403 whose message gives the numbers.",
+                "requestBody": json_body(ref("LaunchRequest")),
+                "responses": {**launched, **errors(400, 401, 403, 404, 429, 502)},
+            },
+            "delete": {
+                "summary": f"Stop {which}",
+                "operationId": f"stop{which.title().replace(' ', '')}",
+                "tags": ["servers"],
+                "requestBody": json_body(ref("StopRequest")),
+                "responses": {
+                    "204": {"description": "Stopped."},
+                    **errors(400, 401, 403, 404, 503),
+                },
+            },
+        },
+        f"{base}/progress": {
+            "parameters": params,
+            "get": {
+                "summary": f"Follow the launch of {which}",
+                "operationId": f"progress{which.title().replace(' ', '')}",
+                "tags": ["servers"],
+                "responses": {
+                    "200": {
+                        "description": "Server-Sent Events until the launch ends; each "
+                        "`data:` line holds a ProgressEvent as JSON.",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": ref("ProgressStreamEvent"),
+                                "example": 'data: {"progress": 100, "message": "ready", '
+                                '"ready": true, "failed": false, "url": "/user/alice/"}\n\n',
+                            }
+                        },
+                    },
+                    **errors(401, 403, 404),
+                },
+            },
+        },
+        f"{base}/restart": {
+            "parameters": params,
+            "post": {
+                "summary": f"Restart {which} with the same choices",
+                "operationId": f"restart{which.title().replace(' ', '')}",
+                "tags": ["servers"],
+                "description": "Relaunches the image digest the server last ran, unless the "
+                "body names another version of its environment.",
+                "requestBody": json_body(
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "version": {"type": "string", "description": "A label or digest."}
+                        },
+                    }
+                ),
+                "responses": {**launched, **errors(400, 401, 403, 404, 429, 502, 503)},
+            },
+        },
+    }
 
-    async def get(self) -> None:
-        actor = self.require("read:servers")
-        teams = await self.deps.teams.team_ids_of(actor.id)
-        envs = await self.deps.catalog.visible_to(teams)
-        self.write_json([environment_model(e) for e in envs])
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/users": {
+        "get": {
+            "summary": "Users and their servers (admins see everyone, others themselves)",
+            "operationId": "listUsers",
+            "tags": ["users"],
+            "responses": {
+                "200": json_content({"type": "array", "items": ref("User")}),
+                **errors(401, 403),
+            },
+        }
+    },
+    **_server_paths("/users/{name}/server", [param("UserName")], "default server"),
+    **_server_paths(
+        "/users/{name}/servers/{server}", [param("UserName"), param("ServerName")], "named server"
+    ),
+}
