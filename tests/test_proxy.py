@@ -25,6 +25,7 @@ import pytest
 import pytest_asyncio
 import tornado.httpclient
 import tornado.httpserver
+import tornado.netutil
 import tornado.testing
 import tornado.web
 from tornado.websocket import WebSocketClientConnection, websocket_connect
@@ -34,7 +35,9 @@ from hub.config import DbSettings, HubSettings, Settings
 from hub.domain.accounts import Accounts
 from hub.domain.activity import ActivityTracker
 from hub.domain.routes import Route, RouteTable
-from hub.web.proxy import proxy_routes
+from hub.web.proxy import front_proxy, proxy_routes
+from hub.web.proxy_fast import FrontProxy
+from hub.web.proxy_pool import ConnectionPool
 from hub.web.proxy_upstream import UpstreamPool
 from tests.busybox_image import ensure_test_image
 from tests.conftest import RunningHub
@@ -44,6 +47,8 @@ APP = Path(__file__).with_name("upstream_app.py")
 PASSWORD = "correct horse"
 LABEL = {"labdock.test": "1"}
 PORT = 8888
+# How long the fast path may keep believing a credential (the hub's default is 2 s).
+AUTH_TTL = 0.5
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -139,15 +144,43 @@ def upstreams(docker_client: docker.DockerClient) -> Iterator[dict[str, Upstream
 # test starts from the same routes: alice's and bob's default servers.
 
 
+class Pools:
+    """The tornado handler's pool and the fast path's, seen as one by the tests."""
+
+    def __init__(self, tornado_pool: UpstreamPool, fast: ConnectionPool | None) -> None:
+        self._pools: list[Any] = [tornado_pool] + ([fast] if fast is not None else [])
+
+    @property
+    def idle_timeout(self) -> float:
+        return float(self._pools[0].idle_timeout)
+
+    @idle_timeout.setter
+    def idle_timeout(self, value: float) -> None:
+        for pool in self._pools:
+            pool.idle_timeout = value
+
+    def idle_connections(self, target: str) -> int:
+        return sum(pool.idle_connections(target) for pool in self._pools)
+
+    def discard(self, target: str) -> None:
+        for pool in self._pools:
+            pool.discard(target)
+
+
 @dataclass
 class ProxyHub:
-    """A hub with the proxy's routes, on a free port, and its collaborators."""
+    """A hub with the proxy's routes, on a free port, and its collaborators.
+
+    ``mode`` is "tornado" (the handlers alone, as the unit under test) or
+    "front" (what ``labdock serve`` runs: the fast path in front of them).
+    """
 
     running: RunningHub
     routes: RouteTable
     activity: ActivityTracker
-    pool: UpstreamPool
+    pool: Pools
     upstreams: dict[str, Upstream]
+    front: FrontProxy | None = None
     ids: dict[str, int] = field(default_factory=dict)
     browsers: dict[str, Browser] = field(default_factory=dict)
     states: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -199,6 +232,8 @@ class ProxyHub:
     def reset(self) -> None:
         for route in list(self.routes):
             self.routes.remove(route.server_id)
+        for upstream in self.upstreams.values():
+            self.pool.discard(upstream.target)  # each test counts its own connections
         self.route(self.upstreams["alice"], server_id=1)
         self.route(self.upstreams["bob"], server_id=2)
         self.states.clear()
@@ -207,9 +242,11 @@ class ProxyHub:
         self.pool.idle_timeout = 1.5
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["tornado", "front"])
 async def shared_hub(
-    tmp_path_factory: pytest.TempPathFactory, upstreams: dict[str, Upstream]
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    upstreams: dict[str, Upstream],
 ) -> AsyncIterator[ProxyHub]:
     data = tmp_path_factory.mktemp("proxy-hub")
     settings = Settings(
@@ -237,11 +274,29 @@ async def shared_hub(
             ),
             **built.app.settings,
         )
-        sock, port = tornado.testing.bind_unused_port()
-        server = tornado.httpserver.HTTPServer(app)
-        server.add_sockets([sock])
+        front = None
+        if request.param == "front":
+            path = str(data / "hub.sock")
+            sock = tornado.netutil.bind_unix_socket(path, mode=0o600)
+            server = tornado.httpserver.HTTPServer(app, xheaders=True)
+            server.add_sockets([sock])
+            front = front_proxy(
+                built.deps,
+                routes,
+                activity,
+                hub=f"unix:{path}",
+                cookie_secret=app.settings["cookie_secret"],
+                pool=ConnectionPool(connect_timeout=2.0, idle_timeout=1.5),
+                auth_ttl=AUTH_TTL,
+            )
+            port = await front.listen("127.0.0.1", 0)
+        else:
+            sock, port = tornado.testing.bind_unused_port()
+            server = tornado.httpserver.HTTPServer(app)
+            server.add_sockets([sock])
         running = RunningHub(built, f"http://127.0.0.1:{port}")
-        hub = ProxyHub(running, routes, activity, pool, upstreams, states=states)
+        pools = Pools(pool, front.pool if front else None)
+        hub = ProxyHub(running, routes, activity, pools, upstreams, front=front, states=states)
         for name in ("alice", "bob", "carol"):
             user, _ = await built.deps.accounts.create_user(name, PASSWORD)
             hub.ids[name] = user.id
@@ -250,6 +305,8 @@ async def shared_hub(
         try:
             yield hub
         finally:
+            if front is not None:
+                await front.close()
             server.stop()
             await server.close_all_connections()
             pool.close()
@@ -784,9 +841,10 @@ async def test_websocket_relays_text_binary_and_close_codes_both_ways(
     await conn.write_message(blob, binary=True)
     assert await conn.read_message() == blob
     conn.close(4001, "client says bye")
+    # The upstream outlives one test run per mode: wait for this close, not any close.
     for _ in range(50):
         last = upstreams["alice"].fetch("/last-close")
-        if last:
+        if last == {"code": 4001, "reason": "client says bye"}:
             break
         await asyncio.sleep(0.05)
     assert last == {"code": 4001, "reason": "client says bye"}
@@ -894,3 +952,102 @@ async def test_200_mb_up_and_down_stream_without_filling_the_hubs_memory(
         assert download_rss.growth < 50 * 1024 * 1024, download_rss.growth
     big.close()
     assert upload_rss.growth < 50 * 1024 * 1024, upload_rss.growth
+
+
+# The fast path (front mode) -------------------------------------------------------------
+
+
+async def test_allowed_requests_skip_the_hubs_handlers_when_the_front_runs(
+    proxy_hub: ProxyHub, upstreams: dict[str, Upstream]
+) -> None:
+    alice = await proxy_hub.browser("alice")
+    for _ in range(3):
+        assert (await proxy_hub.fetch("/user/alice/echo", alice)).code == 200
+    target = upstreams["alice"].target
+    tornado_pool = proxy_hub.pool._pools[0]
+    if proxy_hub.front is None:
+        assert tornado_pool.idle_connections(target) == 1
+    else:
+        # Straight from the front to the server, on one kept-alive connection.
+        assert proxy_hub.front.pool.idle_connections(target) == 1
+        assert tornado_pool.idle_connections(target) == 0
+
+
+async def test_a_logged_out_session_stops_passing_within_the_cache_bound(
+    proxy_hub: ProxyHub, upstreams: dict[str, Upstream]
+) -> None:
+    proxy_hub.route(upstreams["bob"], user="carol", user_id=proxy_hub.ids["carol"], server_id=8)
+    browser = Browser(proxy_hub.running)  # a session of its own, not the module's
+    assert (await browser.login("carol", PASSWORD)).code == 302
+    cookie = browser._headers()["Cookie"]
+    answer = await proxy_hub.fetch("/user/carol/echo", headers={"Cookie": cookie})
+    assert answer.code == 200
+    assert (await browser.post("/hub/logout", {})).code == 302
+    logged_out = time.monotonic()
+    while True:
+        answer = await proxy_hub.fetch("/user/carol/echo", headers={"Cookie": cookie})
+        if answer.code != 200:
+            break
+        assert time.monotonic() - logged_out < AUTH_TTL + 0.5, "still passing after logout"
+        await asyncio.sleep(0.05)
+    assert answer.code == 401
+
+
+async def test_pipelined_requests_are_answered_in_order_on_one_connection(
+    proxy_hub: ProxyHub,
+) -> None:
+    alice = await proxy_hub.browser("alice")
+    requests = b"".join(
+        head("GET", f"/user/alice/echo?n={n}", cookie_line(alice)) for n in range(3)
+    )
+    requests += head("GET", "/user/alice/echo?n=last", cookie_line(alice), "Connection: close")
+    response = await raw_request(proxy_hub.port, requests)
+    assert response.count(b"HTTP/1.1 200") == 4
+    uris = [json.loads(part.split(b"\r\n\r\n", 1)[1].split(b"HTTP/1.1", 1)[0])["uri"]
+            for part in response.split(b"HTTP/1.1 200 OK")[1:]]
+    assert uris == [f"/user/alice/echo?n={n}" for n in ("0", "1", "2", "last")]
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+async def test_a_clients_claims_about_its_own_address_are_not_believed(
+    proxy_hub: ProxyHub, version: str
+) -> None:
+    alice = await proxy_hub.browser("alice")
+    request = head(
+        "GET",
+        "/user/alice/echo",
+        cookie_line(alice),
+        "X-Real-Ip: 6.6.6.6",
+        "X-Forwarded-For: 6.6.6.6",
+        "X-Forwarded-Proto: https",
+        "Connection: close",
+    ).replace(b"HTTP/1.1", version.encode(), 1)
+    response = await raw_request(proxy_hub.port, request)
+    seen = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    assert seen["headers"]["X-Forwarded-For"] == ["127.0.0.1"]
+    assert seen["headers"]["X-Forwarded-Proto"] == ["http"]
+    assert "X-Real-Ip" not in seen["headers"]
+
+
+async def test_removing_a_route_drops_its_pooled_connections_in_both_pools(
+    proxy_hub: ProxyHub, upstreams: dict[str, Upstream]
+) -> None:
+    forgotten: list[int] = []
+    alice = await proxy_hub.browser("alice")
+    assert (await proxy_hub.fetch("/user/alice/echo", alice)).code == 200
+    target = upstreams["alice"].target
+    assert proxy_hub.pool.idle_connections(target) >= 1
+
+    def forget(route: Route) -> None:
+        proxy_hub.pool._pools[0].discard(route.target)
+        if proxy_hub.front is not None:
+            proxy_hub.front.pool.discard(route.target)
+        forgotten.append(route.server_id)
+
+    proxy_hub.routes.on_remove(forget)
+    try:
+        proxy_hub.routes.remove(1)
+    finally:
+        proxy_hub.routes._on_remove.remove(forget)
+    assert forgotten == [1]
+    assert proxy_hub.pool.idle_connections(target) == 0

@@ -140,3 +140,20 @@ def test_upstream_path_keeps_the_clients_encoding_unless_it_was_normalized(
 ) -> None:
     matched = route(server=server, keep_prefix=keep)
     assert upstream_path(raw, rest, matched) == expected
+
+
+def test_removing_or_retargeting_a_route_tells_who_kept_something_for_it() -> None:
+    table = RouteTable()
+    gone: list[Route] = []
+    table.on_remove(gone.append)
+    first = Route(user="alice", server="", user_id=1, server_id=7, target="http://a:1", secret="s")
+    table.add(first)
+    table.add(first)  # the same target again: nothing kept for it is stale
+    assert gone == []
+    moved = Route(user="alice", server="", user_id=1, server_id=7, target="http://b:1", secret="s")
+    table.add(moved)
+    assert gone == [first]
+    table.remove(7)
+    assert gone == [first, moved]
+    table.remove(7)  # already gone: no second call
+    assert gone == [first, moved]

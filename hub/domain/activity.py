@@ -3,10 +3,8 @@
     tracker = ActivityTracker(every=30.0)
     tracker.record(42)                         # on every proxied request: one dict store
     batch = tracker.due(datetime.now(UTC))     # {42: datetime(...)}; then nothing for 30 s
-    try:
-        await repo.write_last_activity(batch)
-    except Exception:
-        tracker.put_back(batch)                # so the next flush tries again
+    await flush(tracker, repo)                 # the same, written with repo.record_activity
+    task = asyncio.create_task(flush_forever(tracker, repo, tick=5.0))   # what the hub runs
 
 The proxy records on its hot path, so ``record`` does as little as possible: it
 stores a float. Everything else (throttling, conversion to ``datetime``) happens
@@ -15,9 +13,14 @@ in ``due``, which the flush loop calls every few seconds.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 _NEVER = float("-inf")
 
@@ -49,18 +52,18 @@ class ActivityTracker:
         seen = self._seen.get(server_id)
         return None if seen is None else datetime.fromtimestamp(seen, UTC)
 
-    def due(self, now: datetime) -> dict[int, datetime]:
+    def due(self, now: datetime, *, force: bool = False) -> dict[int, datetime]:
         """The servers whose newest activity is not yet written, at most once per ``every``.
 
         Each server in the result is considered written; call ``put_back`` if
-        the write fails.
+        the write fails. ``force`` ignores ``every`` (the hub is stopping).
         """
         now_ts = now.timestamp()
         batch: dict[int, datetime] = {}
         for server_id, seen in self._seen.items():
             if seen <= self._written.get(server_id, _NEVER):
                 continue
-            if now_ts - self._flushed_at.get(server_id, _NEVER) < self.every:
+            if not force and now_ts - self._flushed_at.get(server_id, _NEVER) < self.every:
                 continue
             batch[server_id] = datetime.fromtimestamp(seen, UTC)
             self._written[server_id] = seen
@@ -81,3 +84,48 @@ class ActivityTracker:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+class ActivityStore(Protocol):
+    """Where last-activity times are kept (``servers.last_activity``)."""
+
+    async def record_activity(self, seen: Mapping[int, datetime]) -> None:
+        """Write each server's time, never moving one back."""
+
+
+async def flush(
+    tracker: ActivityTracker, store: ActivityStore, *, force: bool = False
+) -> dict[int, datetime]:
+    """Write what is due in one batch; on failure keep it for the next flush, and raise."""
+    batch = tracker.due(datetime.now(UTC), force=force)
+    if not batch:
+        return batch
+    try:
+        await store.record_activity(batch)
+    except BaseException:
+        tracker.put_back(batch)
+        raise
+    return batch
+
+
+async def flush_forever(
+    tracker: ActivityTracker, store: ActivityStore, *, tick: float = 5.0
+) -> None:
+    """Flush every ``tick`` seconds until cancelled, then once more, whatever is due.
+
+    Each server is still written at most once per ``tracker.every``; ``tick``
+    only bounds how late a due write is.
+    """
+    try:
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                await flush(tracker, store)
+            except Exception as exc:  # the DB is down: the times wait in memory
+                log.warning("could not write server activity (%s); will retry", exc)
+    except asyncio.CancelledError:
+        try:
+            await flush(tracker, store, force=True)
+        except Exception as exc:
+            log.warning("could not write server activity on shutdown (%s)", exc)
+        raise

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
@@ -127,16 +127,34 @@ class RouteTable:
     def __init__(self) -> None:
         self._routes: dict[tuple[str, str], Route] = {}
         self._by_server: dict[int, tuple[str, str]] = {}
+        self._on_remove: list[Callable[[Route], None]] = []
+
+    def on_remove(self, callback: Callable[[Route], None]) -> None:
+        """Call ``callback(route)`` whenever a route is removed, or replaced by one to
+        another target, so that what was kept for it (pooled connections, activity)
+        can go too.
+        """
+        self._on_remove.append(callback)
 
     def add(self, route: Route) -> None:
         """Add or replace the route of ``route.server_id``."""
-        self.remove(route.server_id)
+        old = self._drop(route.server_id)
         key = (route.user, route.server)
         self._routes[key] = route
         self._by_server[route.server_id] = key
+        if old is not None and old.target != route.target:
+            for callback in self._on_remove:
+                callback(old)
 
     def remove(self, server_id: int) -> Route | None:
         """Drop the route of a server; return it if there was one."""
+        old = self._drop(server_id)
+        if old is not None:
+            for callback in self._on_remove:
+                callback(old)
+        return old
+
+    def _drop(self, server_id: int) -> Route | None:
         key = self._by_server.pop(server_id, None)
         return self._routes.pop(key, None) if key else None
 

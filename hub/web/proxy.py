@@ -35,6 +35,7 @@ that makes no progress for ``UpstreamPool.idle_timeout`` gives 504.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.client import responses
@@ -47,12 +48,15 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketHandler
 
+from hub.domain.accounts import User
 from hub.domain.activity import ActivityTracker
 from hub.domain.errors import InvalidInput, LabdockError
 from hub.domain.routes import Route, RouteTable, canonical_path, upstream_path
 from hub.web.base import BaseHandler, status_for
 from hub.web.deps import WebDeps
 from hub.web.pages import safe_next
+from hub.web.proxy_auth import ProxyAuth
+from hub.web.proxy_fast import FrontProxy
 from hub.web.proxy_headers import (
     Forwarded,
     connection_tokens,
@@ -60,6 +64,8 @@ from hub.web.proxy_headers import (
     response_headers,
     upstream_headers,
 )
+from hub.web.proxy_pool import ConnectionPool
+from hub.web.proxy_relay import FrontConfig, Refuse
 from hub.web.proxy_upstream import (
     UpstreamError,
     UpstreamExchange,
@@ -74,6 +80,7 @@ Describe = Callable[[str, str], Awaitable[str | None]]
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # The scope a token needs to reach user servers; browser sessions hold every scope.
 ACCESS_SCOPE = "access:servers"
+_CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'"
 
 _PAGE = """{% extends "base.html" %}
 {% block title %}{{ title }} · labdock{% endblock %}
@@ -134,6 +141,73 @@ def proxy_routes(
         ws_handshake_timeout=ws_handshake_timeout,
     )
     return [(r"/user/.*", ProxyHandler, {"deps": deps, "proxy": settings})]
+
+
+def front_proxy(
+    deps: WebDeps,
+    routes: RouteTable,
+    activity: ActivityTracker,
+    *,
+    hub: str,
+    cookie_secret: bytes,
+    pool: ConnectionPool | None = None,
+    auth_ttl: float = 2.0,
+) -> FrontProxy:
+    """The fast path in front of the hub's handlers (see ``hub.web.proxy_fast``).
+
+    ``hub`` is where the tornado application listens for what the front does
+    not answer itself (``unix:/path``); that listener must trust ``X-Real-Ip``
+    (``xheaders=True``) and nothing but the front may reach it. Logging out,
+    revoking a token or changing a password takes effect on the fast path
+    within ``auth_ttl`` seconds.
+    """
+    public = urlsplit(deps.settings.hub.public_url)
+    auth = ProxyAuth(
+        deps.accounts,
+        cookie_secret=cookie_secret,
+        session_cookie=deps.session_cookie,
+        max_age_days=deps.settings.hub.session_hours / 24 + 1,
+        ttl=auth_ttl,
+    )
+    config = FrontConfig(
+        routes=routes,
+        activity=activity,
+        auth=auth,
+        hub=hub,
+        refuse=_front_refusal(deps.templates.from_string(_PAGE)),
+        public_origin=f"{public.scheme}://{public.netloc}".lower() if public.netloc else "",
+        public_scheme=public.scheme if public.netloc else "",
+        hub_cookies=frozenset({deps.session_cookie, "_xsrf"}),
+    )
+    return FrontProxy(config, pool if pool is not None else ConnectionPool())
+
+
+def _front_refusal(page: Template) -> Refuse:
+    """The front's own error answers: the same page, or JSON, as ``ProxyHandler._refuse``."""
+
+    def refuse(status: int, message: str, wants_html: bool, user: User | None) -> bytes:
+        reason = responses.get(status, "Error")
+        if wants_html:
+            body = page.render(
+                title=f"{status} {reason}",
+                message=message,
+                start=False,
+                user=user,
+                xsrf_form_html="",
+                static_url=lambda path: "/hub/static/" + path,
+            ).encode()
+            kind = f"text/html; charset=UTF-8\r\nContent-Security-Policy: {_CSP}"
+        else:
+            body = json.dumps({"status": status, "message": message}).encode()
+            kind = "application/json; charset=UTF-8"
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\n"
+            "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        return head.encode() + body
+
+    return refuse
 
 
 @tornado.web.stream_request_body
@@ -289,10 +363,7 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
             self.write_json({"status": status, "message": message}, status)
             return
         self.set_header("Content-Type", "text/html; charset=UTF-8")
-        self.set_header(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
-        )
+        self.set_header("Content-Security-Policy", _CSP)
         title = "Server not running" if start else f"{status} {responses.get(status, '')}"
         self.finish(
             self.proxy.page.render(

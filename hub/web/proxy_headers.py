@@ -13,12 +13,14 @@ handler and a leaner front end can share them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tornado.httputil import HTTPHeaders
 
 from hub.web.proxy_upstream import RequestBody
+from hub.web.proxy_wire import line_pattern
 
 # Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, never the next.
 HOP_BY_HOP = frozenset(
@@ -103,23 +105,60 @@ def upstream_headers(
     ``Cookie``. ``Content-Length`` and ``Transfer-Encoding`` are the caller's
     to add, from ``request_framing``.
     """
+    return upstream_header_items(list(headers.get_all()), forwarded, websocket=websocket)
+
+
+def _tokens(items: list[tuple[str, str]], name: str) -> frozenset[str]:
+    found = [value for key, value in items if key.lower() == name]
+    return frozenset(t.strip().lower() for v in found for t in v.split(",") if t.strip())
+
+
+def upstream_header_items(
+    items: list[tuple[str, str]], forwarded: Forwarded, *, websocket: bool = False
+) -> list[tuple[str, str]]:
+    """``upstream_headers`` over headers as a list of (name, value), in the order sent."""
+    lines = upstream_header_lines(items, forwarded, websocket=websocket)
+    return [(name, value) for name, _, value in (line.partition(": ") for line in lines)]
+
+
+def upstream_header_lines(
+    items: list[tuple[str, str]],
+    forwarded: Forwarded,
+    *,
+    websocket: bool = False,
+    connection: str | None = "",
+) -> list[str]:
+    """The same headers as ``name: value`` lines, ready to be joined into a head.
+
+    ``connection`` is the request's ``Connection`` value when the caller
+    already has it (``None``: absent); by default it is looked up in ``items``.
+    """
     drop = _NOT_FORWARDED_WS if websocket else _NOT_FORWARDED
-    connection = connection_tokens(headers)
-    out = [("Host", forwarded.host)]
-    for name, value in headers.get_all():
+    if connection == "":
+        tokens = _tokens(items, "connection")
+    elif connection is None:
+        tokens = frozenset()
+    else:
+        tokens = frozenset(t.strip().lower() for t in connection.split(","))
+    if tokens:
+        drop = drop | tokens
+    out = [f"Host: {forwarded.host}"]
+    cookies = []
+    for name, value in items:
         low = name.lower()
-        if low not in drop and low not in connection:
-            out.append((name, value))
-    out.append(("Authorization", f"token {forwarded.secret}"))
-    cookies = headers.get_list("Cookie")
+        if low == "cookie":
+            cookies.append(value)
+        elif low not in drop:
+            out.append(f"{name}: {value}")
+    out.append(f"Authorization: token {forwarded.secret}")
     if cookies:
         kept = filter_cookies(cookies, forwarded.hub_cookies)
         if kept:
-            out.append(("Cookie", kept))
-    out.append(("X-Forwarded-For", forwarded.remote_ip))
-    out.append(("X-Forwarded-Proto", forwarded.proto))
-    out.append(("X-Forwarded-Host", forwarded.host))
-    out.append(("X-Forwarded-Prefix", forwarded.prefix))
+            out.append(f"Cookie: {kept}")
+    out.append(f"X-Forwarded-For: {forwarded.remote_ip}")
+    out.append(f"X-Forwarded-Proto: {forwarded.proto}")
+    out.append(f"X-Forwarded-Host: {forwarded.host}")
+    out.append(f"X-Forwarded-Prefix: {forwarded.prefix}")
     return out
 
 
@@ -128,14 +167,44 @@ def response_headers(headers: HTTPHeaders, session_cookie: str) -> Iterator[tupl
     ``Set-Cookie`` for the hub's session, which would let a server log its
     visitor in as someone else.
     """
-    connection = connection_tokens(headers)
-    for name, value in headers.get_all():
+    return response_header_items(list(headers.get_all()), session_cookie)
+
+
+def response_header_items(
+    items: list[tuple[str, str]], session_cookie: str, *, keep: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, str]]:
+    """``response_headers`` over a list of (name, value); ``keep`` names hop-by-hop
+    headers to pass anyway (``upgrade`` and ``connection`` on a 101).
+    """
+    for line in response_header_lines(items, session_cookie, keep=keep):
+        name, _, value = line.partition(": ")
+        yield name, value
+
+
+def response_header_lines(
+    items: list[tuple[str, str]],
+    session_cookie: str,
+    *,
+    keep: frozenset[str] = frozenset(),
+    connection: str | None = "",
+) -> list[str]:
+    """The same headers as ``name: value`` lines; ``connection`` as in ``upstream_header_lines``."""
+    if connection == "":
+        tokens = _tokens(items, "connection")
+    elif connection is None:
+        tokens = frozenset()
+    else:
+        tokens = frozenset(t.strip().lower() for t in connection.split(","))
+    drop = (HOP_BY_HOP | tokens) - keep if tokens or keep else HOP_BY_HOP
+    out = []
+    for name, value in items:
         low = name.lower()
-        if low in HOP_BY_HOP or low in connection:
+        if low in drop:
             continue
         if low == "set-cookie" and value.split("=", 1)[0].strip() == session_cookie:
             continue
-        yield name, value
+        out.append(f"{name}: {value}")
+    return out
 
 
 def request_framing(headers: HTTPHeaders) -> RequestBody | None:
@@ -158,3 +227,64 @@ def request_framing(headers: HTTPHeaders) -> RequestBody | None:
     if values or not value.isascii() or not value.isdigit():
         return None
     return int(value)
+
+
+# The same rules over raw header lines, for the fast path (``hub.web.proxy_fast``):
+# one substitution drops every header that must not pass, whatever its case.
+_REQUEST_DROP = line_pattern(_NOT_FORWARDED)
+_RESPONSE_DROP = line_pattern(HOP_BY_HOP)
+
+
+def _connection_named(connection: str | None) -> frozenset[str]:
+    """Headers that ``Connection`` names beyond the usual hop-by-hop ones."""
+    if not connection:
+        return frozenset()
+    tokens = frozenset(t.strip().lower() for t in connection.split(",") if t.strip())
+    return tokens - HOP_BY_HOP - {"close"}
+
+
+def upstream_block(
+    block: bytes, *, connection: str | None, cookie: str | None, hub_cookies: frozenset[str]
+) -> bytes:
+    """The client's header lines (``block``, each ending in CRLF) that go upstream.
+
+    The same selection as ``upstream_headers``, less the headers the proxy
+    adds itself (``Host``, ``Authorization``, ``X-Forwarded-*``: see
+    ``forwarded_block``): hop-by-hop headers and those ``Connection`` names
+    are dropped, and ``Cookie`` comes back without the hub's cookies.
+    """
+    kept = _REQUEST_DROP.sub(b"", block)
+    named = _connection_named(connection)
+    if named:
+        kept = line_pattern(named).sub(b"", kept)
+    if cookie:
+        passed = filter_cookies([cookie], hub_cookies)
+        if passed:
+            kept += b"Cookie: " + passed.encode("latin1") + b"\r\n"
+    return kept
+
+
+def forwarded_block(forwarded: Forwarded) -> bytes:
+    """The credential and ``X-Forwarded-*`` lines the proxy sends upstream."""
+    return (
+        f"Authorization: token {forwarded.secret}\r\n"
+        f"X-Forwarded-For: {forwarded.remote_ip}\r\n"
+        f"X-Forwarded-Proto: {forwarded.proto}\r\n"
+        f"X-Forwarded-Host: {forwarded.host}\r\n"
+        f"X-Forwarded-Prefix: {forwarded.prefix}\r\n"
+    ).encode("latin1")
+
+
+def session_cookie_pattern(session_cookie: str) -> re.Pattern[bytes]:
+    """``Set-Cookie`` lines that would set the hub's session cookie."""
+    name = re.escape(session_cookie.encode("latin1"))
+    return re.compile(rb"^set-cookie:[ \t]*" + name + rb"[ \t]*=[^\r\n]*\r\n", re.I | re.M)
+
+
+def response_block(block: bytes, *, connection: str | None, session: re.Pattern[bytes]) -> bytes:
+    """The server's header lines the client may see, as ``response_headers`` decides."""
+    kept = _RESPONSE_DROP.sub(b"", block)
+    named = _connection_named(connection)
+    if named:
+        kept = line_pattern(named).sub(b"", kept)
+    return session.sub(b"", kept)

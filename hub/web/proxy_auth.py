@@ -1,0 +1,124 @@
+"""Who a proxied request speaks for, answered from memory for a few seconds at a time.
+
+    auth = ProxyAuth(accounts, cookie_secret=b"...", session_cookie="labdock-session",
+                     max_age_days=1.5, ttl=2.0)
+    credential = auth.credential(authorization, cookie_header)   # ("token", "ldk_...") or None
+    grant = auth.cached(credential)            # a Grant, or None when not cached
+    grant = await auth.resolve(credential)     # asks the DB; None when nobody
+
+The proxy's fast path asks this on every request, so a DB round trip per
+request is out of the question. A looked-up credential (an API token, or the
+signed value of the session cookie) is kept for ``ttl`` seconds, after which
+the next request asks the DB again. That is the bound on how long a change
+takes to reach the proxy: a revoked or expired token, a logged-out session, a
+password change (which ends the other sessions) or a disabled user stops
+passing the fast path at most ``ttl`` seconds later (2 s by default). ``clear``
+drops everything at once, for a process that learns of such a change.
+
+Only positive answers are kept: an unknown credential is never cached, so that
+it keeps being refused by the hub's own handler, which says why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tornado.httputil import parse_cookie
+from tornado.web import decode_signed_value
+
+from hub.domain.accounts import SCOPES, Accounts, User
+
+Credential = tuple[str, str]
+"""``("token", value)`` or ``("session", signed cookie value)``."""
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Who a credential speaks for and what it may do; ``until`` is when to ask again."""
+
+    user: User
+    scopes: frozenset[str]
+    until: float
+
+
+class ProxyAuth:
+    """A small, time-bounded cache in front of ``Accounts`` for the proxy's fast path."""
+
+    def __init__(
+        self,
+        accounts: Accounts,
+        *,
+        cookie_secret: bytes,
+        session_cookie: str,
+        max_age_days: float,
+        ttl: float = 2.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._accounts = accounts
+        self._secret = cookie_secret
+        self.session_cookie = session_cookie
+        self._max_age_days = max_age_days
+        self.ttl = ttl
+        self._max_entries = max_entries
+        self._clock = clock
+        self._grants: dict[Credential, Grant] = {}
+
+    def credential(self, authorization: str | None, cookie: str | None) -> Credential | None:
+        """What the request presents, read the way ``BaseHandler.prepare`` reads it.
+
+        A token in ``Authorization`` wins over a cookie, as in the hub's handlers.
+        """
+        if authorization:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() in ("token", "bearer") and value.strip():
+                return ("token", value.strip())
+        if cookie and self.session_cookie in cookie:
+            raw = parse_cookie(cookie).get(self.session_cookie)
+            if raw:
+                return ("session", raw)
+        return None
+
+    def cached(self, credential: Credential) -> Grant | None:
+        """The remembered grant of ``credential`` if it is still fresh."""
+        grant = self._grants.get(credential)
+        if grant is None:
+            return None
+        if grant.until <= self._clock():
+            del self._grants[credential]
+            return None
+        return grant
+
+    async def resolve(self, credential: Credential) -> Grant | None:
+        """Ask the accounts service who ``credential`` is; remember a positive answer."""
+        kind, value = credential
+        if kind == "token":
+            found = await self._accounts.token_grant(value)
+            if found is None:
+                return None
+            user, scopes = found.user, found.scopes
+        else:
+            session = decode_signed_value(
+                self._secret, self.session_cookie, value, max_age_days=self._max_age_days
+            )
+            if not session:
+                return None
+            session_user = await self._accounts.session_user(session.decode())
+            if session_user is None:
+                return None
+            # A browser session may do whatever its user may do.
+            user, scopes = session_user, SCOPES
+        if len(self._grants) >= self._max_entries:
+            self._grants.clear()
+        grant = Grant(user, scopes, self._clock() + self.ttl)
+        self._grants[credential] = grant
+        return grant
+
+    def clear(self) -> None:
+        """Forget every grant (a user was disabled, say); the next requests ask again."""
+        self._grants.clear()
+
+    def __len__(self) -> int:
+        return len(self._grants)

@@ -1,0 +1,577 @@
+"""The hub's front door: a lean HTTP/1.1 server that proxies user-server traffic itself.
+
+    front = FrontProxy(FrontConfig(routes=routes, activity=activity, auth=auth,
+                                   hub="unix:/run/labdock/hub.sock", refuse=render, ...),
+                       pool=ConnectionPool())
+    await front.listen("127.0.0.1", 8000)      # the public port
+    ...
+    await front.close()
+
+Every connection on the public port lands here. For each request:
+
+- A request to ``/user/<name>/<server>/...`` that the hub would let through
+  as it is (the same checks as ``ProxyHandler.prepare``: canonical path, a
+  route, a grant that may use it with the ``access:servers`` scope, looked
+  up at most once per ``ProxyAuth.ttl`` and meanwhile kept in memory,
+  the Origin rule for WebSocket upgrades and cookie writes) goes straight to
+  the user's server over a pooled keep-alive connection, with the headers
+  ``proxy_headers`` decides, and the response body comes back byte for byte:
+  bodies pass through in whatever pieces the sockets give, never whole, with
+  back-pressure both ways. A WebSocket upgrade that the server accepts
+  becomes a two-way byte pipe, so frames and close codes pass untouched.
+- Everything else (the hub's pages and API, refusals, redirects to the login
+  page, an unknown credential, a server that refuses connections)
+  goes, unchanged but for ``X-Real-Ip``, to the hub's tornado handlers on a
+  private unix socket, which answer exactly as they would on their own.
+
+The response side of each connection (heads rewritten, bodies relayed, 101s
+turned into pipes, time limits) is ``hub.web.proxy_relay.Relay``.
+
+Requests whose framing is ambiguous (two lengths, a length and chunked, an
+encoding other than chunked), heads over ``max_header_size`` and anything
+that is not clean HTTP/1.x are refused here, before any byte moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import cast
+from urllib.parse import urlsplit
+
+from hub.domain.errors import InvalidInput
+from hub.domain.routes import Route, canonical_path, upstream_path
+from hub.web.proxy_auth import Grant
+from hub.web.proxy_headers import (
+    Forwarded,
+    forwarded_block,
+    session_cookie_pattern,
+    upstream_block,
+)
+from hub.web.proxy_pool import (
+    WRITE_HIGH,
+    WRITE_LOW,
+    ConnectionPool,
+    Reader,
+    UpstreamConnection,
+)
+from hub.web.proxy_relay import (
+    CLOSED,
+    EXCHANGE,
+    HEAD,
+    HEAD_END,
+    NO_BODY,
+    TUNNEL,
+    FrontConfig,
+    Pass,
+    Relay,
+)
+from hub.web.proxy_wire import (
+    BodyScanner,
+    Head,
+    WireError,
+    line_pattern,
+    parse_request,
+)
+
+log = logging.getLogger(__name__)
+
+ACCESS_SCOPE = "access:servers"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The client's claims about itself, which the hub's handlers must not believe.
+_HUB_DROP = line_pattern(
+    {"x-real-ip", "x-forwarded-for", "x-scheme", "x-forwarded-proto", "connection", "keep-alive"}
+)
+_CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
+_NO_TOKENS: frozenset[str] = frozenset()
+
+
+class FrontProxy:
+    """The listening side: accepts connections and hands each to a ``_Client``."""
+
+    def __init__(self, config: FrontConfig, pool: ConnectionPool) -> None:
+        self.config = config
+        self.pool = pool
+        self._servers: list[asyncio.Server] = []
+        self._clients: set[_Client] = set()
+        self.session_cookie = session_cookie_pattern(config.auth.session_cookie)
+
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Listen on ``host:port`` (0: any free port); return the port."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _Client(self), host, port, backlog=1024, reuse_port=reuse_port or None
+        )
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def serve_socket(self, sock: socket.socket) -> None:
+        """Accept connections on an already bound, listening socket."""
+        loop = asyncio.get_running_loop()
+        self._servers.append(await loop.create_server(lambda: _Client(self), sock=sock))
+
+    async def close(self) -> None:
+        """Stop listening, close every connection and every pooled upstream connection."""
+        for server in self._servers:
+            server.close()
+        for client in list(self._clients):
+            client.abort()
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        self._servers.clear()
+        self.pool.close()
+
+
+class _Client(Relay, Reader):
+    """One client connection: requests in turn, each to a user server or to the hub."""
+
+    def __init__(self, front: FrontProxy) -> None:
+        self.front = front
+        self.config = front.config
+        self.pool = front.pool
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.buf = bytearray()
+        self.state = HEAD
+        self.loop = asyncio.get_running_loop()
+        self._forwarded = b""
+        self._forwarded_for: Route | None = None
+        self._forwarded_host = ""
+        self._session = front.session_cookie
+        self._reset()
+
+    def _reset(self) -> None:
+        self.req_body = NO_BODY
+        self.close_after = False
+        self.target = ""
+        self.up: UpstreamConnection | None = None
+        self.fast: Pass | None = None
+        self.head = b""
+        self.request: Head | None = None
+        self.reused = False
+        self.body_sent = False
+        self.rbuf = b""
+        self.resp_body: BodyScanner | None = None
+        self.resp_started = False
+        self.up_keep = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.last = 0.0
+        self.client_paused = False
+
+    # Client socket ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not derive from asyncio's classes, but behave alike.
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.front._clients.add(self)
+        self.last = self.loop.time()
+        self.timer = self.loop.call_later(self.config.client_idle_timeout, self._watch)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        tunnel = self.state == TUNNEL
+        self.state = CLOSED
+        self.front._clients.discard(self)
+        self._stop_timer()
+        up = self.up
+        self.up = None
+        if up is None:
+            return
+        if tunnel and up.transport is not None:
+            up.detach()
+            up.transport.close()  # after what is still queued, such as a close frame
+        else:
+            up.close()  # the client left mid-exchange: never pool a half-read connection
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == TUNNEL:
+            up = self.up
+            if up is not None:
+                up.write(data)
+                self._tunnel_activity()
+            return
+        if state == EXCHANGE and not self.req_body.done and self.up is not None and not self.buf:
+            self._send_body(data)
+            return
+        self.buf += data
+        if state == HEAD:
+            self.last = self.loop.time()
+            self._next_request()
+        elif state == EXCHANGE:
+            if self.up is not None and not self.req_body.done:
+                data = bytes(self.buf)
+                self.buf.clear()
+                self._send_body(data)
+            elif len(self.buf) > self.config.max_header_size:
+                self._pause_client()  # pipelined requests wait their turn
+
+    def eof_received(self) -> bool:
+        if self.state == TUNNEL and self.up is not None and self.up.transport is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                self.up.transport.write_eof()
+            return True
+        return False
+
+    def pause_writing(self) -> None:
+        up = self.up
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.up
+        if up is not None and up.transport is not None:
+            up.transport.resume_reading()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _pause_client(self) -> None:
+        if not self.client_paused and self.transport is not None:
+            self.client_paused = True
+            self.transport.pause_reading()
+
+    def _resume_client(self) -> None:
+        if self.client_paused and self.transport is not None:
+            self.client_paused = False
+            self.transport.resume_reading()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _fail(self, response: bytes) -> None:
+        """Answer with ``response`` and close once it is sent."""
+        self.state = CLOSED
+        self._stop_timer()
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.close()
+        if self.transport is not None:
+            self.transport.write(response)
+            self.transport.close()
+
+    def _bad_request(self, status: int, reason: str) -> None:
+        text = f"{status} {reason}"
+        self._fail(
+            f"HTTP/1.1 {text}\r\nContent-Type: text/plain; charset=UTF-8\r\n"
+            f"Content-Length: {len(text) + 1}\r\nConnection: close\r\n\r\n{text}\n".encode()
+        )
+
+    # Requests ----------------------------------------------------------------
+
+    def _next_request(self) -> None:
+        buf = self.buf
+        while buf[:2] == b"\r\n":
+            del buf[:2]  # stray CRLFs between requests are allowed (RFC 9112 2.2)
+        end = buf.find(HEAD_END)
+        if end < 0:
+            if len(buf) > self.config.max_header_size:
+                self._bad_request(431, "Request Header Fields Too Large")
+            return
+        if end > self.config.max_header_size:
+            self._bad_request(431, "Request Header Fields Too Large")
+            return
+        raw = bytes(buf[:end])
+        del buf[: end + 4]
+        try:
+            request = parse_request(raw)
+        except (WireError, UnicodeDecodeError):
+            self._bad_request(400, "Bad Request")
+            return
+        body = _request_body(request)
+        if body is None:
+            self._bad_request(400, "Bad Request")
+            return
+        self.state = EXCHANGE
+        self.request = request
+        self.req_body = body
+        connection = request.tokens("connection") if "connection" in request.fields else _NO_TOKENS
+        if request.version == "HTTP/1.1":
+            self.close_after = "close" in connection
+        else:
+            self.close_after = "keep-alive" not in connection
+        decided = self._decide(request)
+        if decided is not None:
+            self._begin(decided)
+
+    def _decide(self, request: Head) -> Pass | None:
+        """The fast-path pass of a request, or ``None`` (then the hub answers it).
+
+        A grant that is not cached is looked up in the background, and the
+        decision made again when it is known.
+        """
+        target = request.target
+        if request.version != "HTTP/1.1" or request.method not in _METHODS:
+            self._to_hub()
+            return None
+        if not target.startswith("/user/"):
+            self._to_hub()
+            return None
+        config = self.config
+        credential = config.auth.credential(
+            request.fields.get("authorization"), request.fields.get("cookie")
+        )
+        if credential is None:
+            self._to_hub()
+            return None
+        grant = config.auth.cached(credential)
+        if grant is None:
+            self._pause_client()
+            task = self.loop.create_task(config.auth.resolve(credential))
+            task.add_done_callback(self._resolved)
+            return None
+        return self._authorize(request, grant)
+
+    def _resolved(self, task: asyncio.Task[Grant | None]) -> None:
+        if self.state != EXCHANGE or self.request is None:
+            return
+        try:
+            grant = task.result()
+        except Exception:
+            log.exception("looking up a proxy credential failed")
+            grant = None
+        if grant is None:
+            self._to_hub()
+            return
+        decided = self._authorize(self.request, grant)
+        if decided is not None:
+            self._begin(decided)
+
+    def _authorize(self, request: Head, grant: Grant) -> Pass | None:
+        """The same rules as ``ProxyHandler.prepare``; any doubt goes to the hub."""
+        path, _, query = request.target.partition("?")
+        try:
+            canonical = canonical_path(path)
+        except InvalidInput:
+            self._to_hub()
+            return None
+        user = grant.user
+        wants_html = request.fields.get("authorization") is None and "text/html" in (
+            request.fields.get("accept") or ""
+        )
+        found = self.config.routes.match(canonical)
+        if found is None or (user.must_change_password and wants_html):
+            self._to_hub()
+            return None
+        route, rest = found
+        if not rest or not route.may_access(user.id, is_admin=user.is_admin):
+            self._to_hub()
+            return None
+        if ACCESS_SCOPE not in grant.scopes:
+            self._to_hub()
+            return None
+        method = request.method
+        upgrade = (
+            method == "GET"
+            and (request.fields.get("upgrade") or "").lower() == "websocket"
+            and "upgrade" in request.tokens("connection")
+        )
+        cookie_write = method not in _SAFE_METHODS and request.fields.get("authorization") is None
+        if (upgrade or cookie_write) and not self._origin_allowed(request):
+            self._to_hub()
+            return None
+        config = self.config
+        host = request.fields.get("host") or "127.0.0.1"
+        if "," in host:
+            self._to_hub()  # two Host headers: let the hub's handler refuse it
+            return None
+        # What the proxy adds depends only on the route and the client: kept per connection.
+        if self._forwarded_for is not route or self._forwarded_host != host:
+            self._forwarded_for, self._forwarded_host = route, host
+            forwarded = Forwarded(
+                host=host,
+                remote_ip=self.peer,
+                proto=config.public_scheme or "http",
+                prefix=route.prefix[:-1],
+                secret=route.secret,
+                hub_cookies=config.hub_cookies,
+            )
+            self._forwarded = forwarded_block(forwarded)
+        target = upstream_path(path, rest, route)
+        if query or request.target.endswith("?"):
+            target += "?" + query
+        parts = [
+            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n".encode("latin1"),
+            upstream_block(
+                request.block,
+                connection=request.fields.get("connection"),
+                cookie=request.fields.get("cookie"),
+                hub_cookies=config.hub_cookies,
+            ),
+            self._forwarded,
+        ]
+        body = self.req_body
+        if upgrade:
+            parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
+        if body.is_chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            length = request.fields.get("content-length")
+            if length is not None:
+                parts.append(b"Content-Length: %d\r\n" % body_length(length))
+            elif method in ("POST", "PUT", "PATCH"):
+                parts.append(b"Content-Length: 0\r\n")
+        parts.append(b"\r\n")
+        config.activity.record(route.server_id)
+        return Pass(route, b"".join(parts), upgrade, user, wants_html)
+
+    def _origin_allowed(self, request: Head) -> bool:
+        origin = request.fields.get("origin")
+        if origin is None:
+            return True
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return False
+        host = request.fields.get("host") or "127.0.0.1"
+        if parts.netloc.lower() == host.lower():
+            return True
+        return f"{parts.scheme}://{parts.netloc}".lower() == self.config.public_origin
+
+    def _to_hub(self) -> None:
+        """Send the current request to the hub's own handlers, as the client sent it."""
+        request = self.request
+        assert request is not None
+        parts = [
+            " ".join(request.first).encode("latin1"),
+            b"\r\n",
+            _HUB_DROP.sub(b"", request.block),
+        ]
+        # Connections are per hop: ours to the hub stays open whatever the client's does.
+        if "upgrade" in request.tokens("connection"):
+            parts.append(b"Connection: Upgrade\r\n")
+        parts.append(f"X-Real-Ip: {self.peer}\r\n\r\n".encode("latin1"))
+        self.fast = None
+        self._start(self.config.hub, b"".join(parts))
+
+    def _begin(self, decided: Pass) -> None:
+        self.fast = decided
+        self._start(decided.route.target, decided.head)
+
+    def _start(self, target: str, head: bytes) -> None:
+        self.target = target
+        self.head = head
+        conn = self.pool.checkout(target, with_body=not self.req_body.done)
+        if conn is not None:
+            self._attach(conn, reused=True)
+            return
+        self._pause_client()
+        task = self.loop.create_task(self.pool.connect(target))
+        task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[UpstreamConnection]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if self.state != EXCHANGE:
+            if exc is None:
+                task.result().close()
+            return
+        if exc is None:
+            self._attach(task.result(), reused=False)
+            return
+        fast = self.fast
+        if isinstance(exc, TimeoutError):
+            who = f"{fast.route.user}'s server" if fast else "The hub"
+            self._refuse(
+                504,
+                f"{who} took too long to answer: the server did not accept a connection "
+                f"within {self.pool.connect_timeout:g} s.",
+            )
+        elif fast is not None:
+            # Down or gone: the hub's handler knows the server's state and says so.
+            self._to_hub()
+        else:
+            log.error("the hub's handlers are unreachable at %s: %s", self.target, exc)
+            self._bad_request(502, "Bad Gateway")
+
+    def _refuse(self, status: int, message: str) -> None:
+        fast = self.fast
+        wants_html = fast.wants_html if fast else False
+        self._fail(self.config.refuse(status, message, wants_html, fast.user if fast else None))
+
+    def _attach(self, conn: UpstreamConnection, *, reused: bool) -> None:
+        self.up = conn
+        self.reused = reused
+        self.body_sent = False
+        self.rbuf = b""
+        self.resp_body = None
+        self.resp_started = False
+        conn.attach(self)
+        conn.write(self.head)
+        now = self.last = self.loop.time()
+        deadline = now + self.pool.idle_timeout
+        timer = self.timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()  # armed for an idle client, which may wait much longer
+            self.timer = self.loop.call_at(deadline, self._watch)
+        if self.req_body.done:
+            if len(self.buf) <= self.config.max_header_size:
+                self._resume_client()
+            return
+        request = self.request
+        expect = request.fields.get("expect") if request is not None else None
+        if self.fast is not None and (expect or "").lower() == "100-continue":
+            self._write(_CONTINUE)
+        if self.buf:
+            data = bytes(self.buf)
+            self.buf.clear()
+            self._send_body(data)
+        if self.state == EXCHANGE and not self.req_body.done:
+            self._resume_client()
+
+    def _send_body(self, data: bytes) -> None:
+        """Forward the part of ``data`` that belongs to the request body; keep the rest."""
+        up = self.up
+        assert up is not None
+        try:
+            end = self.req_body.feed(data, 0)
+        except WireError:
+            self._bad_request(400, "Bad Request")
+            return
+        if end:
+            up.write(data if end == len(data) else data[:end])
+            self.body_sent = True
+            self.last = self.loop.time()
+        if end < len(data):
+            self.buf += data[end:]
+        if self.req_body.done and len(self.buf) > self.config.max_header_size:
+            self._pause_client()
+
+
+def body_length(value: str) -> int:
+    """The single length of a checked ``Content-Length`` (``a, a`` counts as ``a``)."""
+    return int(value.split(",")[0].strip())
+
+
+def _request_body(request: Head) -> BodyScanner | None:
+    """How the request's body is framed, or ``None`` when it is ambiguous (refused)."""
+    encoding = request.fields.get("transfer-encoding")
+    length = request.fields.get("content-length")
+    if encoding is not None:
+        if length is not None or encoding.strip().lower() != "chunked":
+            return None
+        if request.version != "HTTP/1.1":
+            return None
+        return BodyScanner.chunked()
+    if length is None:
+        return NO_BODY
+    values = {v.strip() for v in length.split(",")}
+    value = values.pop()
+    if values or not value.isascii() or not value.isdigit() or len(value) > 19:
+        return None
+    return BodyScanner.fixed(int(value))
