@@ -14,15 +14,19 @@ import errno
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
+import tornado.httpserver
+import tornado.netutil
 import tornado.web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import text
@@ -30,31 +34,52 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import hub
 from hub.backends.docker import DockerBackend
+from hub.backends.docker_stats import DockerStats
+from hub.backends.docker_storage import DockerVolumeMeter
 from hub.capacity import host_capacity
 from hub.config import Settings
 from hub.db.accounts import SqlAccountRepo
 from hub.db.audit import SqlAuditLog
 from hub.db.engine import make_engine
-from hub.db.environments import SqlCatalog
+from hub.db.environments import SeedImage, SqlCatalog
 from hub.db.meta import hub_identity
 from hub.db.migrate import upgrade
+from hub.db.oidc import SqlIdentityRepo
 from hub.db.quotas import SqlQuotaRepo
 from hub.db.servers import SqlServerRepo
 from hub.db.teams import SqlTeamRepo
 from hub.domain.accounts import Accounts
-from hub.domain.activity import ActivityTracker
+from hub.domain.activity import ActivityTracker, flush_forever
 from hub.domain.clock import SystemClock
 from hub.domain.errors import ConfigError, LabdockError
+from hub.domain.oidc import OidcIdentities
 from hub.domain.quotas import Limits
-from hub.domain.routes import RouteTable
+from hub.domain.routes import Route, RouteTable
+from hub.domain.storage import StorageMeter, StorageQuota
 from hub.domain.throttle import LoginThrottle
 from hub.domain.workspaces import Policy, Workspaces
 from hub.images.build import latest_tag
-from hub.images.manifest import EnvironmentManifest, images_dir, load_all
+from hub.images.manifest import images_dir, load_all
+from hub.images.store import EngineImages
 from hub.passwords import Argon2Hasher
-from hub.web import admin_api, api, pages, servers_api
+from hub.web import (
+    admin_api,
+    admin_pages,
+    api,
+    catalog_api,
+    limits_api,
+    oidc,
+    openapi,
+    pages,
+    servers_api,
+    stats_api,
+    storage_api,
+    ui,
+)
 from hub.web.deps import WebDeps
-from hub.web.proxy import proxy_routes
+from hub.web.metrics import HubMetrics, MetricsHandler
+from hub.web.proxy import front_proxy, proxy_routes
+from hub.web.proxy_fast import FrontProxy
 from hub.web.proxy_upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -94,14 +119,18 @@ FALLBACK_API_VERSION = "1.41"
 def docker_client(settings: Settings) -> docker.DockerClient:
     """A client for the configured engine; never fails because the engine is down."""
     base_url = settings.backend.docker_host or None
+    # A connection per executor thread, plus the two event streams: none is thrown away.
+    pool = settings.backend.threads + 2
     try:
         if base_url:
-            return docker.DockerClient(base_url=base_url, version="auto")
-        return docker.DockerClient.from_env(version="auto")
+            return docker.DockerClient(base_url=base_url, version="auto", max_pool_size=pool)
+        return docker.DockerClient.from_env(version="auto", max_pool_size=pool)
     except docker.errors.DockerException:
         if base_url:
-            return docker.DockerClient(base_url=base_url, version=FALLBACK_API_VERSION)
-        return docker.DockerClient.from_env(version=FALLBACK_API_VERSION)
+            return docker.DockerClient(
+                base_url=base_url, version=FALLBACK_API_VERSION, max_pool_size=pool
+            )
+        return docker.DockerClient.from_env(version=FALLBACK_API_VERSION, max_pool_size=pool)
 
 
 # Path segments for user and server names; the handlers validate them fully.
@@ -118,10 +147,15 @@ def make_routes(
         (r"/hub/?", pages.RootHandler, d),
         (r"/hub/login", pages.LoginHandler, d),
         (r"/hub/logout", pages.LogoutHandler, d),
+        (r"/hub/oauth_login", oidc.OidcLoginHandler, d),
+        (r"/hub/oauth_callback", oidc.OidcCallbackHandler, d),
         (r"/hub/password", pages.PasswordHandler, d),
-        (r"/hub/home", pages.HomeHandler, d),
+        (r"/hub/home", ui.HomeHandler, d),
+        (r"/hub/launch", ui.LaunchHandler, d),
+        (r"/hub/progress/([^/]*)", ui.ProgressPageHandler, d),
         (r"/hub/health", api.HealthHandler, d),
         (r"/hub/api/?", api.VersionHandler, d),
+        (r"/hub/api/openapi.json", openapi.OpenApiHandler, d),
         (r"/hub/api/users", servers_api.UsersHandler, d),
         (rf"/hub/api/users/({NAME})", admin_api.UserHandler, d),
         (rf"/hub/api/users/({NAME})/server", servers_api.ServerHandler, d),
@@ -130,18 +164,36 @@ def make_routes(
         (rf"/hub/api/users/({NAME})/servers/({NAME})", servers_api.ServerHandler, d),
         (rf"/hub/api/users/({NAME})/servers/({NAME})/progress", servers_api.ProgressHandler, d),
         (rf"/hub/api/users/({NAME})/servers/({NAME})/restart", servers_api.RestartHandler, d),
-        (r"/hub/api/environments", servers_api.EnvironmentsHandler, d),
+        (r"/hub/api/environments", catalog_api.EnvironmentsHandler, d),
+        (rf"/hub/api/environments/({NAME})", catalog_api.EnvironmentHandler, d),
+        (rf"/hub/api/environments/({NAME})/versions", catalog_api.VersionsHandler, d),
+        (rf"/hub/api/users/({NAME})/storage", storage_api.StorageHandler, d),
+        (rf"/hub/api/users/({NAME})/oidc", oidc.OidcLinkHandler, d),
+        (rf"/hub/api/users/({NAME})/limits", limits_api.LimitsHandler, d),
+        (rf"/hub/api/users/({NAME})/server/stats", stats_api.ServerStatsHandler, d),
+        (rf"/hub/api/users/({NAME})/servers/({NAME})/stats", stats_api.ServerStatsHandler, d),
+        (r"/hub/api/stats", stats_api.AllStatsHandler, d),
         (r"/hub/api/quotas", admin_api.QuotasHandler, d),
         (rf"/hub/api/quotas/(users|teams)/({NAME})", admin_api.QuotaHandler, d),
+        *admin_pages.admin_routes(deps),
     ]
 
 
 def make_app(
-    deps: WebDeps, secret: bytes, extra: list[Any] | None = None
+    deps: WebDeps,
+    secret: bytes,
+    extra: list[Any] | None = None,
+    metrics: HubMetrics | None = None,
 ) -> tornado.web.Application:
     """A tornado application over the given collaborators (plus ``extra`` routes)."""
+    metrics = metrics or HubMetrics(capacity=Limits())
     return tornado.web.Application(
-        make_routes(deps) + list(extra or []),
+        [
+            (r"/hub/metrics", MetricsHandler, {"deps": deps, "metrics": metrics}),
+            *make_routes(deps),
+            *(extra or []),
+        ],
+        log_function=metrics.log_request,
         cookie_secret=secret,
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"httponly": False, "samesite": "Strict", "secure": deps.secure_cookies},
@@ -166,8 +218,40 @@ class Hub:
     admin_password: str | None
     routes: RouteTable
     workspaces: Workspaces
+    activity: ActivityTracker = field(default_factory=ActivityTracker)
+    upstream: UpstreamPool | None = None
+    # The public listener's fast path; the tornado app listens behind it on hub_socket.
+    front: FrontProxy | None = None
+    hub_socket: str = ""
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    listeners: list[tornado.httpserver.HTTPServer] = field(default_factory=list)
+
+    async def listen(self, port: int, address: str) -> int:
+        """Serve on ``address:port`` (0: a free port): the front there, tornado behind it."""
+        assert self.front is not None and self.hub_socket
+        if not self.listeners:
+            # A private directory: only the front may reach the handlers, which
+            # trust X-Real-Ip. Made here, so that a hub that never listens leaves none.
+            Path(self.hub_socket).parent.mkdir(mode=0o700)
+            sock = tornado.netutil.bind_unix_socket(self.hub_socket, mode=0o600)
+            server = tornado.httpserver.HTTPServer(self.app, xheaders=True)
+            server.add_socket(sock)
+            self.listeners.append(server)
+        return await self.front.listen(address, port)
 
     async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.front is not None:
+            await self.front.close()
+        for server in self.listeners:
+            server.stop()
+            await server.close_all_connections()
+        if self.upstream is not None:
+            self.upstream.close()
+        if self.listeners:
+            shutil.rmtree(Path(self.hub_socket).parent, ignore_errors=True)
         await self.engine.dispose()
         self.docker_client.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -180,6 +264,16 @@ def templates() -> Environment:
         autoescape=select_autoescape(["html"]),
         enable_async=False,
     )
+
+
+def oidc_login(
+    settings: Settings, sessions: async_sessionmaker[AsyncSession], accounts: Accounts
+) -> oidc.OidcLogin | None:
+    """Sign-in through the configured OpenID Connect provider, or ``None`` when off."""
+    if not settings.oidc.issuer:
+        return None
+    identities = OidcIdentities(SqlIdentityRepo(sessions), accounts, SystemClock())
+    return oidc.OidcLogin(settings.oidc, identities)
 
 
 @contextlib.asynccontextmanager
@@ -202,10 +296,21 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
     quota = settings.quota
     teams = SqlTeamRepo(sessions)
     audit = SqlAuditLog(sessions)
+    volume_meter = DockerVolumeMeter(
+        client,
+        hub_id=hub_id,
+        executor=executor,
+        image=quota.storage_image,
+        extra_labels=settings.labels,
+    )
+    meter = StorageMeter(volume_meter, clock=SystemClock())
+    quotas = SqlQuotaRepo(sessions, storage=meter)
+    storage = StorageQuota(meter, limits=quotas, default_limit=quota.storage)
     workspaces = Workspaces(
         repo=servers,
         teams=teams,
         audit=audit,
+        storage=storage,
         backend=backend,
         routes=routes,
         catalog=catalog,
@@ -240,16 +345,36 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
         catalog=catalog,
         teams=teams,
         throttle=LoginThrottle(SystemClock()),
-        quotas=SqlQuotaRepo(sessions),
+        quotas=quotas,
         audit=audit,
+        storage=storage,
+        oidc=oidc_login(settings, sessions, accounts),
+        stats=DockerStats(client, executor),
+        host_capacity=capacity,
+        gpu_inventory=gpus,
+        catalog_admin=catalog,
+        images=EngineImages(client, executor, hub_id=hub_id),
     )
+    activity, upstream = ActivityTracker(every=30.0), UpstreamPool()
+    secret = cookie_secret(settings)
+    hub_socket = str(Path(tempfile.gettempdir()) / f"labdock-{secrets.token_hex(8)}" / "hub.sock")
+    front = front_proxy(deps, routes, activity, hub=f"unix:{hub_socket}", cookie_secret=secret)
+
+    def forget(route: Route) -> None:
+        upstream.discard(route.target)
+        front.pool.discard(route.target)
+        activity.forget(route.server_id)
+
+    routes.on_remove(forget)
     await workspaces.reconcile()
     watcher = asyncio.create_task(watch_engine(workspaces, backend), name="engine-events")
+    measuring = asyncio.create_task(meter.run(quota.storage_interval), name="storage-meter")
     built = Hub(
         app=make_app(
             deps,
-            cookie_secret(settings),
-            proxy_routes(deps, routes, ActivityTracker(), upstream=UpstreamPool()),
+            secret,
+            proxy_routes(deps, routes, activity, upstream=upstream),
+            metrics=HubMetrics(capacity=capacity),
         ),
         deps=deps,
         engine=engine,
@@ -259,13 +384,23 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
         admin_password=admin_password,
         routes=routes,
         workspaces=workspaces,
+        activity=activity,
+        upstream=upstream,
+        front=front,
+        hub_socket=hub_socket,
+    )
+    built.tasks.append(
+        asyncio.create_task(flush_forever(activity, servers, tick=5.0), name="activity")
     )
     try:
         yield built
     finally:
         watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        measuring.cancel()
+        await asyncio.gather(watcher, measuring, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(None, volume_meter.close)
         await workspaces.close()
+        await backend.close()
         await built.close()
 
 
@@ -289,10 +424,13 @@ async def watch_engine(workspaces: Workspaces, backend: DockerBackend) -> None:
 async def seed_catalog(
     catalog: SqlCatalog, client: docker.DockerClient, executor: Executor
 ) -> None:
-    """Put every environment whose image is built into the catalog, pinned by image id."""
+    """Record every built environment image in the catalog, pinned by image id.
 
-    def find() -> dict[str, tuple[EnvironmentManifest, str]]:
-        found: dict[str, tuple[EnvironmentManifest, str]] = {}
+    A new image becomes a new version; earlier versions stay (``SqlCatalog.seed``).
+    """
+
+    def find() -> dict[str, SeedImage]:
+        found: dict[str, SeedImage] = {}
         try:
             manifests = load_all(images_dir())
         except LabdockError as exc:
@@ -302,14 +440,15 @@ async def seed_catalog(
             try:
                 tag = latest_tag(client, name)
                 if tag is not None:
-                    found[name] = (manifest, str(client.images.get(tag).id))
+                    found[name] = SeedImage(manifest, tag, str(client.images.get(tag).id))
             except Exception as exc:  # engine down or image gone: the catalog keeps its rows
                 log.warning("cannot look up the image of %s: %s", name, exc)
         return found
 
     built = await asyncio.get_running_loop().run_in_executor(executor, find)
     if built:
-        await catalog.seed(built)
+        for name, label in await catalog.seed(built):
+            log.info("environment %s: new version %s is now current", name, label)
 
 
 def announce_admin(name: str, password: str) -> None:
@@ -334,7 +473,7 @@ async def serve(settings: Settings) -> None:
         if built.admin_password:
             announce_admin(settings.hub.admin_user, built.admin_password)
         try:
-            server = built.app.listen(settings.hub.port, address=settings.hub.ip, xheaders=False)
+            await built.listen(settings.hub.port, settings.hub.ip)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise ConfigError(
@@ -351,5 +490,3 @@ async def serve(settings: Settings) -> None:
         )
         await stop.wait()
         print("labdock: shutting down", file=sys.stderr, flush=True)
-        server.stop()
-        await server.close_all_connections()

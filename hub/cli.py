@@ -164,6 +164,7 @@ def _cmd_images_build(args: argparse.Namespace) -> int:
         cache_dir=settings.images.cache_dir,
         console=console,
         force=args.force,
+        upstream=args.upstream,
     )
     for image in built:
         state = "up to date" if image.skipped else f"built in {image.seconds:.0f} s"
@@ -237,6 +238,11 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--config", type=Path, help="TOML configuration file")
     build.add_argument("names", nargs="*", help="environments to build (default: all)")
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    build.add_argument(
+        "--upstream",
+        action="store_true",
+        help="build FROM each manifest's official upstream_base (a connected machine)",
+    )
     build.set_defaults(run=_cmd_images_build)
     return parser
 

@@ -61,6 +61,11 @@ def clean_engine(client: docker.DockerClient, hub_id: str) -> None:
         volume.remove(force=True)
     for network in client.networks.list(filters=label):
         network.remove()
+    # Tags that keep the images of the test hub's catalog versions (hub.images.store.pin_tag).
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(f"labdock/{hub_id}/"):
+                client.images.remove(tag)
 
 
 @pytest.fixture

@@ -36,12 +36,10 @@ import tornado.web
 from sqlalchemy.engine import make_url
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from hub.app import Hub, build_hub, make_routes
+from hub.app import build_hub
 from hub.config import BackendSettings, CapacitySettings, DbSettings, HubSettings, Settings
-from hub.domain.activity import ActivityTracker
 from hub.domain.servers import home_volume_name
 from hub.images.build import latest_tag
-from hub.web.proxy import proxy_routes
 from tests.conftest import PG_ENV, RunningHub, _pg_admin_dsn, clean_engine
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
@@ -178,7 +176,7 @@ async def lab(module_settings: Settings, docker_client: docker.DockerClient) -> 
     try:
         async with build_hub(module_settings) as built:
             sock, port = tornado.testing.bind_unused_port()
-            server = tornado.httpserver.HTTPServer(hub_app_with_proxy(built))
+            server = tornado.httpserver.HTTPServer(built.app)
             server.add_sockets([sock])
             accounts = built.deps.accounts
             user, _ = await accounts.create_user(USER, "correct horse")
@@ -200,16 +198,6 @@ def routes_user_paths(app: tornado.web.Application) -> bool:
     request = tornado.httputil.HTTPServerRequest(start_line=start, headers=headers)
     handler = app.find_handler(request).handler_class  # type: ignore[attr-defined]
     return bool(handler is not app.settings.get("default_handler_class"))
-
-
-def hub_app_with_proxy(built: Hub) -> tornado.web.Application:
-    """The hub's app. While ``hub/app.py`` does not route ``/user/`` yet, the proxy's own
-    rule (``hub.web.proxy.proxy_routes``) over the hub's route table is added here;
-    ``test_hub_routes_user_servers_through_its_proxy`` fails until then."""
-    if routes_user_paths(built.app):
-        return built.app
-    rules = make_routes(built.deps) + proxy_routes(built.deps, built.routes, ActivityTracker())
-    return tornado.web.Application(rules, **built.app.settings)
 
 
 # --- Jupyter messaging and terminado, just enough -------------------------------------------
@@ -460,6 +448,47 @@ async def test_airflow_serves_its_ui_and_runs_a_dag_from_the_home_volume_and_kee
         assert (await lab.app_json("flows", path))["state"] == "success"
     finally:
         await lab.remove("flows")
+
+
+# --- the catalog: pinned versions and refusals ------------------------------------------
+
+
+@shared_loop
+async def test_catalog_offers_each_built_image_pinned_by_its_digest(
+    lab: Lab, docker_client: docker.DockerClient
+) -> None:
+    response = await lab.api("GET", "/environments")
+    assert response.code == 200, response.body
+    listed = {e["name"]: e for e in json.loads(response.body)}
+    for name in ("python", "jupyter", "airflow", "tensorflow"):
+        tag = latest_tag(docker_client, name)
+        assert tag, f"no {name} image: run `labdock images build {name}`"
+        assert listed[name]["version"] == tag.rpartition(":")[2]
+        assert listed[name]["image"] == docker_client.images.get(tag).id
+        assert listed[name]["gpu"] is False and listed[name]["contents"]
+    if latest_tag(docker_client, "tensorflow-gpu") is None:  # build_by_default = false
+        assert "tensorflow-gpu" not in listed
+    else:
+        assert listed["tensorflow-gpu"]["gpu"] is True
+
+
+@shared_loop
+async def test_unknown_and_forbidden_environments_are_refused(lab: Lab) -> None:
+    unknown = await lab.api("POST", f"/users/{USER}/servers/no", {"environment": "rstudio"})
+    assert unknown.code == 404, unknown.body
+    assert json.loads(unknown.body)["message"] == "environment 'rstudio' is not in the catalog"
+    deps = lab.hub.hub.deps
+    assert deps.catalog_admin is not None
+    await deps.teams.ensure("elsewhere")
+    await deps.catalog_admin.update("python", teams=["elsewhere"])
+    try:
+        refused = await lab.api("POST", f"/users/{USER}/servers/no", {"environment": "python"})
+        assert refused.code == 403, refused.body
+        assert "offered only to certain teams" in json.loads(refused.body)["message"]
+        listed = json.loads((await lab.api("GET", "/environments")).body)
+        assert "python" not in {e["name"] for e in listed}
+    finally:
+        await deps.catalog_admin.update("python", teams=[])
 
 
 # --- what every image promises --------------------------------------------------------------

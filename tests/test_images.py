@@ -28,6 +28,7 @@ from hub.domain.resources import GiB, MiB, Resources
 from hub.images.base import base_tag, ensure_base, find_mirror, inputs_hash
 from hub.images.build import BuiltImage, build_images, content_hash, latest_tag
 from hub.images.manifest import load_all, load_manifest
+from tests.busybox_image import ensure_test_image
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = REPO / "images"
@@ -312,6 +313,11 @@ def test_small_environment_is_built_skipped_then_forced(
         assert not forced.skipped and forced.tag == first.tag
         image = docker_client.images.get(first.tag)
         assert image.labels["labdock.inputs"].startswith(first.tag.split(":")[1])
+        # The image the forced build replaced keeps a tag, so `docker image prune` (which
+        # removes untagged images) cannot take it from catalog versions that still run it.
+        assert forced.image_id != first.image_id
+        kept = f"{first.tag}-{first.image_id.removeprefix('sha256:')[:8]}"
+        assert docker_client.images.get(kept).id == first.image_id
     finally:
         for image in docker_client.images.list(
             filters={"label": "labdock.environment=labdock-test-tiny"}
@@ -347,6 +353,44 @@ def test_environment_not_built_by_default_is_built_only_when_named(
                 filters={"label": f"labdock.environment={name}"}
             ):
                 docker_client.images.remove(str(image.id), force=True)
+
+
+@pytest.mark.docker
+def test_upstream_build_is_from_the_official_base_and_is_what_the_hub_finds(
+    docker_client: docker.DockerClient, base: str, tmp_path: Path
+) -> None:
+    # The busybox test image stands in for an official base that a connected machine pulls.
+    official = ensure_test_image(docker_client)
+    dockerfile = "ARG BASE\nFROM ${BASE}\nLABEL labdock.test=1\n"
+    folder = write_env(
+        tmp_path,
+        "labdock-test-upstream",
+        f'upstream_base = "{official}"\n' + MINIMAL,
+        Dockerfile=dockerfile,
+    )
+    write_env(tmp_path, "labdock-test-bare", MINIMAL, Dockerfile=dockerfile)
+    build = functools.partial(
+        build_images, docker_client, images_dir=tmp_path, cache_dir=CACHE, console=Console()
+    )
+    try:
+        assert latest_tag(docker_client, "labdock-test-upstream", folder=folder) is None
+        [offline] = build(["labdock-test-upstream"])
+        assert latest_tag(docker_client, "labdock-test-upstream", folder=folder) == offline.tag
+        [upstream] = build(["labdock-test-upstream"], upstream=True)
+        assert (
+            upstream.tag == f"labdock/labdock-test-upstream:{content_hash(folder, official)[:12]}"
+        )
+        assert upstream.tag != offline.tag
+        # The newer build is what the hub seeds: here, the one FROM the official base.
+        assert latest_tag(docker_client, "labdock-test-upstream", folder=folder) == upstream.tag
+        assert docker_client.images.get(upstream.tag).attrs["Os"] == "linux"
+        with pytest.raises(ConfigError, match="'upstream_base': is required"):
+            build(["labdock-test-bare"], upstream=True)
+    finally:
+        for image in docker_client.images.list(
+            filters={"label": "labdock.environment=labdock-test-upstream"}
+        ):
+            docker_client.images.remove(str(image.id), force=True)
 
 
 @pytest.mark.docker

@@ -25,6 +25,7 @@ def _user(row: UserRow) -> User:
         is_admin=row.is_admin,
         disabled=row.disabled,
         must_change_password=row.must_change_password,
+        last_login=row.last_login,
     )
 
 

@@ -1,6 +1,6 @@
 """SQL storage of the audit log; implements ``hub.domain.audit.AuditLog``.
 
-    await SqlAuditLog(sessions).record(actor_id=1, action="user.create", target="alice")
+await SqlAuditLog(sessions).record(actor_id=1, action="user.create", target="alice")
 """
 
 from __future__ import annotations
@@ -44,13 +44,33 @@ class SqlAuditLog:
             )
 
     async def recent(self, limit: int = 100) -> list[AuditEntry]:
+        return await self.page(limit=limit)
+
+    async def page(
+        self,
+        *,
+        action: str | None = None,
+        actor: str | None = None,
+        outcome: str | None = None,
+        before: int | None = None,
+        limit: int = 50,
+    ) -> list[AuditEntry]:
+        query = (
+            select(AuditRow, UserRow.name)
+            .outerjoin(UserRow, UserRow.id == AuditRow.actor_id)
+            .order_by(AuditRow.id.desc())
+            .limit(limit)
+        )
+        if action:
+            query = query.where(AuditRow.action == action)
+        if actor:
+            query = query.where(UserRow.name == actor)
+        if outcome:
+            query = query.where(AuditRow.outcome == outcome)
+        if before is not None:
+            query = query.where(AuditRow.id < before)
         async with self._sessions() as s:
-            rows = await s.execute(
-                select(AuditRow, UserRow.name)
-                .outerjoin(UserRow, UserRow.id == AuditRow.actor_id)
-                .order_by(AuditRow.id.desc())
-                .limit(limit)
-            )
+            rows = await s.execute(query)
             return [
                 AuditEntry(
                     at=row.at,
@@ -59,6 +79,13 @@ class SqlAuditLog:
                     target=row.target,
                     outcome=row.outcome,
                     detail=dict(row.detail or {}),
+                    id=row.id,
                 )
                 for row, name in rows
             ]
+
+    async def actions(self) -> list[str]:
+        async with self._sessions() as s:
+            return list(
+                await s.scalars(select(AuditRow.action).distinct().order_by(AuditRow.action))
+            )

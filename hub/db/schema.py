@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import false
 from sqlalchemy.types import TypeDecorator
 
 
@@ -128,15 +129,56 @@ class EnvironmentRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
-    # Owning team, or NULL for a hub-wide environment.
+    # Unused since 0002, which copied it into environment_teams. Dropping it would
+    # rebuild this table on SQLite, and with foreign keys on that nulls servers' links.
     team_id: Mapped[int | None] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    # The current version: its image reference, digest and label (environment_versions).
     image: Mapped[str] = mapped_column(String(255))
     image_digest: Mapped[str] = mapped_column(String(128), default="")
     version: Mapped[str] = mapped_column(String(255), default="")
+    # The admins' policy: {"default": {...}, "maximum": {...}} resources.
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     retired: Mapped[bool] = mapped_column(Boolean, default=False)
+    # "manifest": seeded from images/<name>/; "admin": created through the API.
+    source: Mapped[str] = mapped_column(String(16), default="manifest", server_default="manifest")
+    # An admin edited its policy: seeding no longer overwrites it from the manifest.
+    customized: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created: Mapped[datetime]
+
+
+class EnvironmentVersionRow(Base):
+    """One image an environment has had, pinned by digest; never deleted."""
+
+    __tablename__ = "environment_versions"
+    __table_args__ = (
+        UniqueConstraint("environment_id", "label", name="uq_environment_versions_label"),
+        UniqueConstraint("environment_id", "digest", name="uq_environment_versions_digest"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    environment_id: Mapped[int] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), index=True
+    )
+    label: Mapped[str] = mapped_column(String(64))
+    image: Mapped[str] = mapped_column(String(255))
+    digest: Mapped[str] = mapped_column(String(128))
+    # How to run this image: port, command, prefix, readiness, limits (a manifest snapshot).
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created: Mapped[datetime]
+
+
+class EnvironmentTeamRow(Base):
+    """Teams an environment is offered to; none listed means every user."""
+
+    __tablename__ = "environment_teams"
+
+    environment_id: Mapped[int] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), primary_key=True
+    )
+    team_id: Mapped[int] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
 
 
 class ServerRow(Base):
@@ -219,3 +261,22 @@ class AuditRow(Base):
     target: Mapped[str] = mapped_column(String(255), default="")
     outcome: Mapped[str] = mapped_column(String(16), default="ok")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class OidcIdentityRow(Base):
+    """A person at an OpenID Connect provider (issuer + subject) and the user they log in as."""
+
+    __tablename__ = "oidc_identities"
+    __table_args__ = (
+        UniqueConstraint("issuer", "subject", name="uq_oidc_identities_issuer_subject"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    issuer: Mapped[str] = mapped_column(String(512))
+    # The provider's stable id of the person ("sub"), never the name, which can change.
+    subject: Mapped[str] = mapped_column(String(255))
+    # Who made the link: NULL when the first login created the account.
+    linked_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created: Mapped[datetime]
+    last_login: Mapped[datetime | None]

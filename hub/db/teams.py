@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hub.db.schema import MembershipRow, TeamRow
-from hub.domain.accounts import Membership
+from hub.db.schema import MembershipRow, TeamRow, UserRow
+from hub.domain.accounts import Membership, TeamSummary
 
 
 class SqlTeamRepo:
@@ -80,3 +80,30 @@ class SqlTeamRepo:
                 .order_by(TeamRow.name)
             )
             return [Membership(team_id=i, team=n, writer=r == "writer") for i, n, r in rows]
+
+    async def leave(self, user_id: int, team: str) -> None:
+        """Take a user out of a team (the team and its quota stay)."""
+        async with self._sessions.begin() as s:
+            team_id = await s.scalar(select(TeamRow.id).where(TeamRow.name == team))
+            if team_id is not None:
+                await s.execute(
+                    delete(MembershipRow).where(
+                        MembershipRow.user_id == user_id, MembershipRow.team_id == team_id
+                    )
+                )
+
+    async def all_teams(self) -> list[TeamSummary]:
+        """Every team by name, with its members' names."""
+        async with self._sessions() as s:
+            teams = (await s.execute(select(TeamRow.id, TeamRow.name).order_by(TeamRow.name))).all()
+            pairs = (
+                await s.execute(
+                    select(MembershipRow.team_id, UserRow.name)
+                    .join(UserRow, UserRow.id == MembershipRow.user_id)
+                    .order_by(UserRow.name)
+                )
+            ).all()
+        members: dict[int, list[str]] = {}
+        for team_id, name in pairs:
+            members.setdefault(team_id, []).append(name)
+        return [TeamSummary(id=i, name=n, members=tuple(members.get(i, ()))) for i, n in teams]

@@ -24,7 +24,8 @@ from typing import Protocol
 from hub.domain.clock import Clock
 from hub.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 
-_USERNAME = re.compile(r"^[a-z0-9_][a-z0-9._-]{0,31}$")
+# \Z, not $: $ also matches before a trailing newline, letting "admin\n" in.
+_USERNAME = re.compile(r"^[a-z0-9_][a-z0-9._-]{0,31}\Z")
 MIN_PASSWORD = 8
 TOKEN_TOUCH_S = 60.0
 
@@ -52,7 +53,7 @@ def check_team_name(raw: str) -> str:
     try:
         return check_username(raw)
     except InvalidInput as exc:
-        raise InvalidInput("team " + exc.message.removeprefix("username")) from None
+        raise InvalidInput("team name" + exc.message.removeprefix("username")) from None
 
 
 def check_password(password: str) -> str:
@@ -78,10 +79,20 @@ class User:
     is_admin: bool = False
     disabled: bool = False
     must_change_password: bool = False
+    last_login: datetime | None = None
 
 
 SCOPES = frozenset(
-    {"servers", "read:servers", "users", "admin:users", "admin:quotas", "access:servers"}
+    {
+        "servers",
+        "read:servers",
+        "users",
+        "admin:users",
+        "admin:quotas",
+        "admin:environments",
+        "access:servers",
+        "read:metrics",
+    }
 )
 DEFAULT_TOKEN_SCOPES = frozenset({"servers", "read:servers", "access:servers"})
 TOKEN_PREFIX = "ldk_"  # noqa: S105 - a marker that makes leaked tokens easy to scan for
@@ -219,8 +230,23 @@ class Membership:
     writer: bool
 
 
+@dataclass(frozen=True)
+class TeamSummary:
+    """A team and the names of its members, for the admin console."""
+
+    id: int
+    name: str
+    members: tuple[str, ...] = ()
+
+
 class TeamDirectory(Protocol):
     """Which teams a user belongs to."""
+
+    async def ensure(self, name: str) -> int: ...
+
+    async def leave(self, user_id: int, team: str) -> None: ...
+
+    async def all_teams(self) -> list[TeamSummary]: ...
 
     async def memberships(self, user_id: int) -> list[Membership]: ...
 
@@ -369,6 +395,13 @@ class Accounts:
         updated = await self._repo.user_by_id(user.id)
         assert updated is not None
         return updated
+
+    async def reset_password(self, user: User) -> str:
+        """Give ``user`` a one-time password to change at next login; their sessions end."""
+        password = one_time_password()
+        await self._repo.set_password(user.id, self._hasher.hash(password), must_change=True)
+        await self._repo.delete_sessions_of(user.id)
+        return password
 
     async def all_users(self) -> list[User]:
         """Every user, by name."""

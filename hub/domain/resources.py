@@ -19,6 +19,8 @@ GiB = 1024 * MiB
 TiB = 1024 * GiB
 
 _UNITS = {"": 1, "B": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB}
+# The largest size stored anywhere (a signed 64-bit column).
+MAX_SIZE = 2**63 - 1
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 
@@ -29,12 +31,17 @@ def parse_memory(text: str | int, *, what: str = "memory") -> int:
     if isinstance(text, int):
         if text < 0:
             raise InvalidInput(f"{what}: must not be negative")
+        if text > MAX_SIZE:
+            raise InvalidInput(f"{what}: {text} bytes is more than any machine has")
         return text
     match = _MEMORY.match(str(text))
     if not match:
         raise InvalidInput(f"{what}: expected a size such as 512M or 4G, got {text!r}")
     number, unit = match.groups()
-    return int(float(number) * _UNITS[unit.upper()])
+    size = float(number) * _UNITS[unit.upper()]  # inf when the digits run on
+    if size > MAX_SIZE:
+        raise InvalidInput(f"{what}: {text[:40]!r} is more than any machine has")
+    return int(size)
 
 
 def format_memory(n: int) -> str:

@@ -7,11 +7,20 @@
 
 With no names, every environment is built except those whose manifest says
 ``build_by_default = false`` (``tensorflow-gpu``: several GB of CUDA wheels).
+``upstream=True`` builds FROM each manifest's official ``upstream_base`` rather
+than the offline ``labdock/base`` (on a machine that can pull it).
 
 The tag is ``labdock/<name>:<hash12>``, where the hash covers every file of the
 environment's folder and the base image's tag. An existing tag therefore means
 the image is current, and the build is skipped. There is no registry, so the
-catalog pins the local content-addressed image id (``sha256:...``).
+catalog pins the local content-addressed image id (``sha256:...``), the digest
+each ``BuiltImage`` records; at its next start the hub adds it to the catalog as
+a new version labelled ``<hash12>``, keeping the earlier ones.
+
+A build never leaves an earlier image untagged (``docker image prune`` would
+remove it while catalog versions still run it): changed inputs give a new tag,
+and a forced rebuild of the same inputs moves the tag only after tagging the
+image it replaces ``labdock/<name>:<hash12>-<id8>``.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from hub.domain.errors import ConfigError, LabdockError
 from hub.images.base import base_tag, ensure_base, image_exists
 from hub.images.manifest import images_dir as default_images_dir
-from hub.images.manifest import load_all
+from hub.images.manifest import load_all, load_manifest
 
 # Bump when the way a context is assembled changes what an image contains.
 BUILD_VERSION = "1"
@@ -90,12 +99,28 @@ def latest_tag(
     folder: Path | None = None,
     mirror: str | None = None,
 ) -> str | None:
-    """The tag built from the environment's current files, or None when it is not built yet."""
-    base = base_tag(mirror)
-    if not image_exists(client, base):
-        return None
-    tag = f"labdock/{name}:{content_hash(folder or default_images_dir() / name, base)[:12]}"
-    return tag if image_exists(client, tag) else None
+    """The tag built from the environment's current files, or None when it is not built yet.
+
+    An image built FROM the offline base and one built FROM the manifest's
+    ``upstream_base`` (``labdock images build --upstream``) both count; when
+    both exist, the newer one wins.
+    """
+    folder = folder or default_images_dir() / name
+    bases = [base_tag(mirror)]
+    try:
+        upstream = load_manifest(folder).upstream_base
+    except ConfigError:
+        upstream = None
+    if upstream:
+        bases.append(upstream)
+    found: list[tuple[str, str]] = []
+    for base in bases:
+        tag = f"labdock/{name}:{content_hash(folder, base)[:12]}"
+        try:
+            found.append((str(client.images.get(tag).attrs.get("Created", "")), tag))
+        except docker.errors.ImageNotFound:
+            continue
+    return max(found)[1] if found else None
 
 
 def build_images(
@@ -106,13 +131,17 @@ def build_images(
     cache_dir: Path,
     console: Console,
     force: bool = False,
+    upstream: bool = False,
 ) -> list[BuiltImage]:
     """Build the named environments, skipping current ones.
 
     Without names, every environment whose manifest does not say
     ``build_by_default = false`` is built; the others are listed as left out.
-    The offline base is made first when missing, under ``cache_dir / "base"``.
-    ``force`` rebuilds without the layer cache even when the tag exists.
+    The offline base is made first when missing, under ``cache_dir / "base"``;
+    with ``upstream``, each environment is built FROM its manifest's official
+    ``upstream_base`` instead, which the engine pulls when it lacks it (a
+    connected machine). ``force`` rebuilds without the layer cache even when
+    the tag exists.
     """
     manifests = load_all(images_dir)
     if names:
@@ -129,9 +158,19 @@ def build_images(
         raise ConfigError(
             f"unknown environment {', '.join(map(repr, unknown))} in {images_dir}; known: {known}"
         )
-    base = ensure_base(client, cache_dir=cache_dir / "base", console=console)
+    if upstream:
+        bare = [name for name in selected if not manifests[name].upstream_base]
+        if bare:
+            raise ConfigError(
+                f"{images_dir / bare[0] / 'manifest.toml'}: key 'upstream_base': is required "
+                "to build FROM the official image (--upstream)"
+            )
+        bases = {name: str(manifests[name].upstream_base) for name in selected}
+    else:
+        base = ensure_base(client, cache_dir=cache_dir / "base", console=console)
+        bases = dict.fromkeys(selected, base)
     return [
-        _build_one(client, name, images_dir / name, base, console=console, force=force)
+        _build_one(client, name, images_dir / name, bases[name], console=console, force=force)
         for name in selected
     ]
 
@@ -160,6 +199,7 @@ def _build_one(
             size_bytes=int(image.attrs.get("Size", 0)),
         )
 
+    replaced = str(client.images.get(tag).id) if image_exists(client, tag) else None
     with tempfile.TemporaryDirectory(prefix=f"labdock-build-{name}-") as context:
         _assemble_context(folder, Path(context))
         with Progress(
@@ -184,6 +224,10 @@ def _build_one(
             _follow(stream, name, progress, task, console)
 
     image = client.images.get(tag)
+    if replaced and replaced != image.id:
+        kept = f"{inputs[:12]}-{replaced.removeprefix('sha256:')[:8]}"
+        client.images.get(replaced).tag(f"labdock/{name}", kept)
+        console.print(f"[dim]· {name}: the image it replaces stays as labdock/{name}:{kept}[/]")
     seconds = time.monotonic() - started
     size = int(image.attrs.get("Size", 0))
     console.print(f"[green]✓[/] {name}: built {tag} in {seconds:.0f} s ({size / 1e6:.0f} MB)")

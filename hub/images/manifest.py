@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import hub
-from hub.domain.errors import ConfigError, InvalidInput
+from hub.domain.errors import ConfigError, InvalidInput, LabdockError
 from hub.domain.resources import Resources, parse_memory
 
 MANIFEST_FILE = "manifest.toml"
@@ -63,6 +64,9 @@ _TOP_KEYS = frozenset(
 )
 _REQUIRED = ("description", "version", "port", "command", "prefix", "readiness_path", "resources")
 _RESOURCE_KEYS = frozenset({"cpus", "memory", "gpus"})
+# What an admin gives to define an environment's version through the API: the manifest's
+# keys, less those about building it; "contents" is the manifest's "version" text.
+REQUEST_KEYS = (_TOP_KEYS - {"name", "version", "upstream_base", "build_by_default"}) | {"contents"}
 
 Prefix = Literal["keep", "strip"]
 
@@ -107,7 +111,27 @@ def load_manifest(folder: Path) -> EnvironmentManifest:
         raise ConfigError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return _Reader(path).manifest(data, folder.name)
+    return _Reader(str(path)).manifest(data, folder.name)
+
+
+def manifest_from_request(body: Mapping[str, Any], name: str) -> EnvironmentManifest:
+    """An environment version defined in an API request, checked as a manifest is.
+
+    Errors are ``InvalidInput`` naming the key; ``readiness_path`` may be empty
+    (the app answers at its prefix), and ``contents`` (what the image holds,
+    shown to users) defaults to nothing.
+    """
+    unknown = sorted(set(body) - REQUEST_KEYS)
+    if unknown:
+        allowed = ", ".join(sorted(REQUEST_KEYS))
+        raise InvalidInput(f"unknown field {unknown[0][:40]!r} (allowed: {allowed})")
+    data = {key: value for key, value in body.items() if key != "contents"}
+    contents = body.get("contents", "")
+    if not isinstance(contents, str):
+        raise InvalidInput("contents: expected a string")
+    data["version"] = contents or "-"
+    reader = _Reader("the request", error=InvalidInput, empty_readiness=True)
+    return reader.manifest(data, name)
 
 
 def load_all(images_dir: Path) -> dict[str, EnvironmentManifest]:
@@ -136,11 +160,19 @@ def images_dir() -> Path:
 class _Reader:
     """Validates one manifest's table, naming the file and the key in every error."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        error: type[LabdockError] = ConfigError,
+        empty_readiness: bool = False,
+    ) -> None:
         self.path = path
+        self.error = error
+        self.empty_readiness = empty_readiness
 
-    def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.path}: key '{key}': {problem}")
+    def fail(self, key: str, problem: str) -> LabdockError:
+        return self.error(f"{self.path}: key '{key}': {problem}")
 
     def manifest(self, data: dict[str, Any], folder_name: str) -> EnvironmentManifest:
         unknown = sorted(set(data) - _TOP_KEYS)
@@ -169,7 +201,12 @@ class _Reader:
         if prefix not in ("keep", "strip"):
             raise self.fail("prefix", f"must be 'keep' or 'strip', got {prefix!r}")
 
-        readiness = self.text(data, "readiness_path")
+        readiness = (
+            data.get("readiness_path")
+            if self.empty_readiness and data.get("readiness_path") == ""
+            else self.text(data, "readiness_path")
+        )
+        assert isinstance(readiness, str)
         if readiness.startswith("/") or "://" in readiness:
             raise self.fail("readiness_path", "must be relative to the prefix, like 'api/status'")
 

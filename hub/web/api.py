@@ -7,10 +7,12 @@ GET /hub/health   {"db": "ok", "backend": "ok"}  (503 naming what is down)
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import hub
 from hub.web.base import BaseHandler
 from hub.web.deps import HealthCheck
+from hub.web.openapi import errors, json_content, ref
 
 HEALTH_TIMEOUT = 3.0
 
@@ -47,3 +49,19 @@ class HealthHandler(BaseHandler):
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return f"down: {text[:200]}"
         return "ok"
+
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/": {
+        "get": {
+            "summary": "The hub's version",
+            "operationId": "getVersion",
+            "tags": ["meta"],
+            "security": [{}, {"token": []}, {"cookie": []}],
+            "responses": {
+                "200": json_content(ref("Version")),
+                **errors(401),
+            },
+        }
+    }
+}

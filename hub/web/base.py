@@ -11,10 +11,12 @@ Domain errors map to HTTP status codes here, once. API paths answer JSON
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlencode
 
 import tornado.web
@@ -28,10 +30,13 @@ from hub.domain.errors import (
     LabdockError,
     LaunchFailed,
     NotFound,
+    QuotaExceeded,
     TooManyRequests,
     Unauthorized,
 )
 from hub.web.deps import WebDeps
+
+log = logging.getLogger(__name__)
 
 STATUS_OF: tuple[tuple[type[LabdockError], int], ...] = (
     (InvalidInput, 400),
@@ -60,6 +65,8 @@ class BaseHandler(tornado.web.RequestHandler):
     deps: WebDeps
     user: User | None
     scopes: frozenset[str]
+    # Audit writes of refusals outlive their request; strong references keep them running.
+    _audit_writes: ClassVar[set[asyncio.Task[None]]] = set()
 
     def initialize(self, deps: WebDeps) -> None:
         self.deps = deps
@@ -71,6 +78,9 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.request.path.startswith("/hub/api")
 
     async def prepare(self) -> None:
+        if self.is_api and any("\x00" in arg for arg in self.path_args):
+            # No name holds NUL, and PostgreSQL text cannot: refuse before any lookup.
+            raise NotFound("no such API path: names never contain NUL characters")
         token = self._presented_token()
         if token is not None:
             grant = await self.deps.accounts.token_grant(token)
@@ -173,12 +183,51 @@ class BaseHandler(tornado.web.RequestHandler):
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif status_code >= 500:
             message = "labdock hit an internal error; the hub's log has the details"
+        self._audit_refusal(status_code, message, exc)
         if self.is_api:
             self.set_header("Content-Type", "application/json; charset=UTF-8")
             self.finish(json.dumps({"status": status_code, "message": message}))
             return
         self.clear_header("Content-Type")
         self.render_page("error.html", status=status_code, message=message)
+
+    def _audit_refusal(self, status: int, message: str, exc: object) -> None:
+        """Record a permission refusal, a failed XSRF check or a bad token in the audit log."""
+        if isinstance(exc, QuotaExceeded):
+            return  # admission records its own refusals, with the numbers
+        if status == 403:
+            xsrf = isinstance(exc, tornado.web.HTTPError) and "xsrf" in message.lower()
+            action = "xsrf" if xsrf else "access"
+        elif status == 401 and self._presented_token() is not None:
+            action = "token"
+        else:
+            return
+        cookie = None if self.user else self.get_signed_cookie(self.deps.session_cookie)
+        detail = {
+            "message": message[:500],
+            "method": self.request.method or "",
+            "status": status,
+            "address": self.request.remote_ip or "?",
+        }
+
+        async def write() -> None:
+            try:
+                actor = self.user
+                if actor is None and cookie:
+                    actor = await self.deps.accounts.session_user(cookie.decode())
+                await self.deps.audit.record(
+                    actor_id=actor.id if actor else None,
+                    action=action,
+                    target=self.request.path[:255],
+                    outcome="refused",
+                    detail=detail,
+                )
+            except Exception as error:
+                log.warning("could not record a refusal in the audit log: %s", error)
+
+        task = asyncio.get_running_loop().create_task(write())
+        self._audit_writes.add(task)
+        task.add_done_callback(self._audit_writes.discard)
 
     def login_url_for(self, next_url: str) -> str:
         return "/hub/login?" + urlencode({"next": next_url})

@@ -6,19 +6,26 @@ app = Application([(r"/hub/login", LoginHandler, {"deps": deps})])
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jinja2 import Environment
 
 from hub.config import Settings
 from hub.domain.accounts import Accounts, TeamDirectory
 from hub.domain.audit import AuditLog
-from hub.domain.catalog import Catalog
+from hub.domain.catalog import Catalog, ImageStore
+from hub.domain.quotas import Limits
 from hub.domain.records import WorkspaceRepo
+from hub.domain.stats import StatsReader
+from hub.domain.storage import StorageQuota
 from hub.domain.throttle import LoginThrottle
 from hub.domain.workspaces import Workspaces
+
+if TYPE_CHECKING:
+    from hub.web.catalog_api import CatalogStore
+    from hub.web.oidc import OidcLogin
 
 HealthCheck = Callable[[], Awaitable[None]]
 
@@ -32,6 +39,7 @@ class QuotaStore(Protocol):
         *,
         user_id: int | None = None,
         team_id: int | None = None,
+        defaults: Mapping[str, float | int | None] | None = None,
     ) -> object: ...
 
     async def describe(
@@ -39,6 +47,10 @@ class QuotaStore(Protocol):
     ) -> dict[str, Any]: ...
 
     async def overview(self) -> dict[str, Any]: ...
+
+    async def limits_of(
+        self, *, user_id: int | None = None, team_id: int | None = None
+    ) -> Limits | None: ...
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,15 @@ class WebDeps:
     throttle: LoginThrottle
     quotas: QuotaStore
     audit: AuditLog
+    storage: StorageQuota | None = field(default=None)
+    oidc: OidcLogin | None = field(default=None)
+    stats: StatsReader | None = field(default=None)
+    # What admission checks launches against: the host's capacity and its GPU ids.
+    host_capacity: Limits = field(default_factory=Limits)
+    gpu_inventory: tuple[str, ...] = field(default=())
+    # Admins' changes to the environment catalog, and the engine's images they are made from.
+    catalog_admin: CatalogStore | None = field(default=None)
+    images: ImageStore | None = field(default=None)
 
     @property
     def secure_cookies(self) -> bool:

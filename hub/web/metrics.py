@@ -64,23 +64,31 @@ class HubMetrics:
             registry=r,
         )
         self.servers = Gauge(
-            "labdock_servers", "Servers by state and environment", ["state", "environment"],
+            "labdock_servers",
+            "Servers by state and environment",
+            ["state", "environment"],
             registry=r,
         )
         self.reserved = Gauge(
-            "labdock_reserved", "Resources held by starting and running servers",
-            ["resource"], registry=r,
+            "labdock_reserved",
+            "Resources held by starting and running servers",
+            ["resource"],
+            registry=r,
         )
         self.host = Gauge(
-            "labdock_host_capacity", "Allocatable capacity of the host (after overcommit)",
-            ["resource"], registry=r,
+            "labdock_host_capacity",
+            "Allocatable capacity of the host (after overcommit)",
+            ["resource"],
+            registry=r,
         )
         self.active_users = Gauge(
-            "labdock_active_users", "Users with a server that saw a request in the last hour",
+            "labdock_active_users",
+            "Users with a server that saw a request in the last hour",
             registry=r,
         )
         self.scrape_seconds = Gauge(
-            "labdock_metrics_scrape_seconds", "Time spent reading the database for this scrape",
+            "labdock_metrics_scrape_seconds",
+            "Time spent reading the database for this scrape",
             registry=r,
         )
         for name, value in (

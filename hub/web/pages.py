@@ -1,4 +1,4 @@
-"""HTML pages: login, logout, password change and home.
+"""HTML pages: login, logout and password change (the analyst's pages are in ``ui``).
 
 GET  /hub/login?next=/user/alice/   the form
 POST /hub/login                     sets the session cookie, goes to ``next``
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from hub.domain.errors import Forbidden, LabdockError, TooManyRequests
@@ -39,7 +40,11 @@ def safe_next(target: str | None) -> str:
 
 
 class LoginHandler(BaseHandler):
-    """The login form."""
+    """The login form (with "Sign in with <provider>" when OpenID Connect is configured)."""
+
+    def render_page(self, name: str, **context: Any) -> None:
+        oidc = self.deps.oidc
+        super().render_page(name, oidc_name=oidc.display_name if oidc else None, **context)
 
     async def get(self) -> None:
         next_url = safe_next(self.get_argument("next", None))
@@ -58,6 +63,7 @@ class LoginHandler(BaseHandler):
             throttle.check(username, address)
             user = await self.deps.accounts.authenticate(username, password)
         except TooManyRequests as exc:
+            await self._audit_login(username, address, exc.message)
             self.set_status(429)
             self.set_header("Retry-After", str(exc.retry_after))
             self.render_page("login.html", next=next_url, error=exc.message, username=username[:32])
@@ -66,6 +72,7 @@ class LoginHandler(BaseHandler):
             throttle.failed(username, address)
             # %r escapes control characters, so a hostile name cannot forge log lines.
             log.warning("failed login for %r from %s", username[:32], address)
+            await self._audit_login(username, address, exc.message)
             self.set_status(403 if isinstance(exc, Forbidden) else 401)
             self.render_page("login.html", next=next_url, error=exc.message, username=username[:32])
             return
@@ -83,6 +90,16 @@ class LoginHandler(BaseHandler):
             path="/",
         )
         self.redirect("/hub/password" if user.must_change_password else next_url)
+
+    async def _audit_login(self, username: str, address: str, message: str) -> None:
+        # The name as typed, cut short: the console escapes it when it shows it.
+        await self.deps.audit.record(
+            actor_id=None,
+            action="login",
+            target=username[:32],
+            outcome="refused",
+            detail={"message": message, "address": address},
+        )
 
 
 class LogoutHandler(BaseHandler):
@@ -120,14 +137,6 @@ class PasswordHandler(BaseHandler):
             self.render_page("password.html", error=exc.message, done=False)
             return
         self.redirect(HOME)
-
-
-class HomeHandler(BaseHandler):
-    """The analyst's home page."""
-
-    @authenticated_page
-    async def get(self) -> None:
-        self.render_page("home.html")
 
 
 class RootHandler(BaseHandler):
