@@ -566,6 +566,37 @@ async def test_upstream_gets_the_server_secret_and_never_the_hub_credentials(
     assert headers["Host"] == [f"127.0.0.1:{proxy_hub.port}"]
 
 
+async def test_the_apps_own_authorization_header_rides_on_the_session_cookie(
+    proxy_hub: ProxyHub,
+) -> None:
+    """JupyterLab's page sends ``Authorization: token <server secret>`` on every call;
+    Airflow's UI sends its JWTs. Not hub tokens: the session cookie decides."""
+    alice = await proxy_hub.browser("alice")
+    secret = proxy_hub.upstreams["alice"].secret
+    for header in (f"token {secret}", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.x"):
+        response = await proxy_hub.fetch(
+            "/user/alice/echo",
+            headers={"Cookie": alice._headers()["Cookie"], "Authorization": header},
+        )
+        assert response.code == 200, response.body
+        assert body(response)["headers"]["Authorization"] == [f"token {secret}"]
+    # Without a session such a header is no credential at all.
+    bare = await proxy_hub.fetch("/user/alice/echo", headers={"Authorization": f"token {secret}"})
+    assert bare.code == 401
+    # And it does not excuse a cross-site write from the Origin check.
+    foreign = await proxy_hub.fetch(
+        "/user/alice/echo",
+        method="POST",
+        body=b"x",
+        headers={
+            "Cookie": alice._headers()["Cookie"],
+            "Authorization": f"token {secret}",
+            "Origin": "https://evil.example",
+        },
+    )
+    assert foreign.code == 403
+
+
 async def test_api_token_gets_through_but_never_reaches_the_server(proxy_hub: ProxyHub) -> None:
     user = await proxy_hub.accounts.get("alice")
     token = await proxy_hub.accounts.create_token(user)

@@ -55,7 +55,7 @@ from hub.domain.routes import Route, RouteTable, canonical_path, upstream_path
 from hub.web.base import BaseHandler, status_for
 from hub.web.deps import WebDeps
 from hub.web.pages import safe_next
-from hub.web.proxy_auth import ProxyAuth
+from hub.web.proxy_auth import ProxyAuth, hub_token
 from hub.web.proxy_fast import FrontProxy
 from hub.web.proxy_headers import (
     Forwarded,
@@ -285,7 +285,7 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
             and "upgrade" in connection_tokens(headers)
         )
         # Cookies ride along on cross-site requests; tokens in a header do not.
-        cookie_write = request.method not in _SAFE_METHODS and "Authorization" not in headers
+        cookie_write = request.method not in _SAFE_METHODS and self._presented_token() is None
         if (upgrade or cookie_write) and not self._origin_allowed():
             self._refuse(403, "requests from another site are not allowed here")
             return
@@ -297,10 +297,14 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
             return
         await self._start_upstream(route)
 
+    def _presented_token(self) -> str | None:
+        # Only hub tokens count here; see ``hub_token`` for the app's own headers.
+        return hub_token(self.request.headers.get("Authorization"))
+
     @property
     def _wants_html(self) -> bool:
         headers = self.request.headers
-        return "Authorization" not in headers and "text/html" in headers.get("Accept", "")
+        return self._presented_token() is None and "text/html" in headers.get("Accept", "")
 
     def _origin_allowed(self) -> bool:
         """Requests from browsers must come from the hub's own pages.

@@ -28,10 +28,27 @@ from dataclasses import dataclass
 from tornado.httputil import parse_cookie
 from tornado.web import decode_signed_value
 
-from hub.domain.accounts import SCOPES, Accounts, User
+from hub.domain.accounts import SCOPES, TOKEN_PREFIX, Accounts, User
 
 Credential = tuple[str, str]
 """``("token", value)`` or ``("session", signed cookie value)``."""
+
+
+def hub_token(authorization: str | None) -> str | None:
+    """The hub API token in an ``Authorization`` header, or ``None``.
+
+    On ``/user/`` paths a header that holds no hub token (no ``ldk_`` prefix) is the
+    app's own business: JupyterLab's page sends ``token <server secret>`` with every
+    call, Airflow's UI its JWTs. Such a request is judged by its session cookie, as a
+    browser's request, and the header is replaced upstream like any other.
+    """
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    value = value.strip()
+    if scheme.lower() in ("token", "bearer") and value.startswith(TOKEN_PREFIX):
+        return value
+    return None
 
 
 @dataclass(frozen=True)
@@ -67,14 +84,13 @@ class ProxyAuth:
         self._grants: dict[Credential, Grant] = {}
 
     def credential(self, authorization: str | None, cookie: str | None) -> Credential | None:
-        """What the request presents, read the way ``BaseHandler.prepare`` reads it.
+        """What the request presents, read the way ``ProxyHandler.prepare`` reads it.
 
-        A token in ``Authorization`` wins over a cookie, as in the hub's handlers.
+        A hub token in ``Authorization`` wins over a cookie, as in the hub's handlers.
         """
-        if authorization:
-            scheme, _, value = authorization.partition(" ")
-            if scheme.lower() in ("token", "bearer") and value.strip():
-                return ("token", value.strip())
+        token = hub_token(authorization)
+        if token is not None:
+            return ("token", token)
         if cookie and self.session_cookie in cookie:
             raw = parse_cookie(cookie).get(self.session_cookie)
             if raw:

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from hub.domain.errors import InvalidInput
 from hub.domain.routes import Route, canonical_path, upstream_path
-from hub.web.proxy_auth import Grant
+from hub.web.proxy_auth import Grant, hub_token
 from hub.web.proxy_headers import (
     Forwarded,
     forwarded_block,
@@ -360,7 +360,8 @@ class _Client(Relay, Reader):
             self._to_hub()
             return None
         user = grant.user
-        wants_html = request.fields.get("authorization") is None and "text/html" in (
+        presents_token = hub_token(request.fields.get("authorization")) is not None
+        wants_html = not presents_token and "text/html" in (
             request.fields.get("accept") or ""
         )
         found = self.config.routes.match(canonical)
@@ -380,7 +381,7 @@ class _Client(Relay, Reader):
             and (request.fields.get("upgrade") or "").lower() == "websocket"
             and "upgrade" in request.tokens("connection")
         )
-        cookie_write = method not in _SAFE_METHODS and request.fields.get("authorization") is None
+        cookie_write = method not in _SAFE_METHODS and not presents_token
         if (upgrade or cookie_write) and not self._origin_allowed(request):
             self._to_hub()
             return None
