@@ -374,7 +374,7 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
             deps,
             secret,
             proxy_routes(deps, routes, activity, upstream=upstream),
-            metrics=HubMetrics(capacity=capacity),
+            metrics=HubMetrics(capacity=capacity, relayed=lambda: front.relayed),
         ),
         deps=deps,
         engine=engine,

@@ -34,6 +34,8 @@ async def test_admin_token_with_read_metrics_scrapes_prometheus_text(
         if name == "labdock_http_requests_total" and ("handler", "VersionHandler") in labels
     ]
     assert counted == [1.0]
+    # The fast path counts what it relays itself (nothing here: no server runs).
+    assert found[("labdock_proxy_relayed_requests_total", ())] == 0
 
 
 async def test_metrics_are_refused_without_credentials_the_scope_or_admin(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import tornado.web
@@ -26,6 +27,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import Counter as PromCounter
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from tornado.log import access_log
 
 import hub
@@ -40,13 +43,32 @@ HOLDING = (ServerState.STARTING, ServerState.RUNNING, ServerState.STOPPING)
 ACTIVE_WINDOW = timedelta(hours=1)
 
 
+class _Relayed(Collector):
+    """The front's count of requests it relayed itself, read at scrape time (it costs
+    the fast path one integer increment, not a Prometheus call)."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "labdock_proxy_relayed_requests",
+            "Requests to user servers relayed by the proxy's fast path (the rest are "
+            "counted in labdock_http_requests under ProxyHandler)",
+        )
+        family.add_metric([], self._count())
+        yield family
+
+
 class HubMetrics:
     """One hub's metrics, in a registry of its own (tests build many hubs per process)."""
 
-    def __init__(self, capacity: Limits) -> None:
+    def __init__(self, capacity: Limits, relayed: Callable[[], int] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.capacity = capacity
+        if relayed is not None:
+            r.register(_Relayed(relayed))
         Gauge("labdock_info", "labdock version", ["version"], registry=r).labels(
             hub.__version__
         ).set(1)

@@ -97,6 +97,8 @@ class FrontProxy:
         self.pool = pool
         self._servers: list[asyncio.Server] = []
         self._clients: set[_Client] = set()
+        # Requests relayed here without the hub's handlers (read by /hub/metrics).
+        self.relayed = 0
         self.session_cookie = session_cookie_pattern(config.auth.session_cookie)
 
     async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
@@ -460,6 +462,7 @@ class _Client(Relay, Reader):
 
     def _begin(self, decided: Pass) -> None:
         self.fast = decided
+        self.front.relayed += 1
         self._start(decided.route.target, decided.head)
 
     def _start(self, target: str, head: bytes) -> None:
