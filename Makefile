@@ -6,7 +6,9 @@ PYTEST_ARGS ?=
 
 .PHONY: run test bench install system-deps images lint typecheck pytest pytest-postgres clean-test
 
-run: system-deps install images
+run: install
+	@scripts/system-deps.sh run
+	$(MAKE) images
 	$(BIN)/labdock serve
 
 test: system-deps install images lint typecheck pytest pytest-postgres

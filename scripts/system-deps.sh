@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages labdock and its tests need, if any are missing.
 set -euo pipefail
-packages=(debootstrap busybox-static postgresql ca-certificates chromium fonts-dejavu-core)
+# `system-deps.sh run`: what serving needs; without an argument, also what the tests need.
+packages=(debootstrap ca-certificates)
+if [ "${1:-test}" != run ]; then
+  packages+=(busybox-static postgresql chromium fonts-dejavu-core)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
