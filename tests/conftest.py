@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -101,17 +102,23 @@ class RunningHub:
         return await client.fetch(self.url + path, **kwargs)
 
 
+@contextlib.asynccontextmanager
+async def listening(built: Hub) -> AsyncIterator[RunningHub]:
+    """Serve a built hub's app on a free loopback port for the length of the block."""
+    sock, port = tornado.testing.bind_unused_port()
+    server = tornado.httpserver.HTTPServer(built.app)
+    server.add_sockets([sock])
+    try:
+        yield RunningHub(hub=built, url=f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
 @pytest_asyncio.fixture
 async def hub_server(settings: Settings) -> AsyncIterator[RunningHub]:
-    async with build_hub(settings) as built:
-        sock, port = tornado.testing.bind_unused_port()
-        server = tornado.httpserver.HTTPServer(built.app)
-        server.add_sockets([sock])
-        try:
-            yield RunningHub(hub=built, url=f"http://127.0.0.1:{port}")
-        finally:
-            server.stop()
-            await server.close_all_connections()
+    async with build_hub(settings) as built, listening(built) as running:
+        yield running
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from hub.config import Settings, load_settings
 from hub.domain.accounts import SCOPES
 from hub.domain.errors import ConfigError, InvalidInput
 from hub.domain.oidc import Flow, GroupPolicy, s256, username_from
-from tests.conftest import RunningHub
+from tests.conftest import RunningHub, listening
 
 CLIENT_ID = "labdock-test"
 CLIENT_SECRET = "s3cret-" + "x" * 40
@@ -179,15 +179,8 @@ async def provider() -> AsyncIterator[Provider]:
 
 
 async def serve(settings: Settings) -> AsyncIterator[RunningHub]:
-    async with build_hub(settings) as built:
-        sock, port = tornado.testing.bind_unused_port()
-        server = tornado.httpserver.HTTPServer(built.app)
-        server.add_sockets([sock])
-        try:
-            yield RunningHub(hub=built, url=f"http://127.0.0.1:{port}")
-        finally:
-            server.stop()
-            await server.close_all_connections()
+    async with build_hub(settings) as built, listening(built) as running:
+        yield running
 
 
 @pytest_asyncio.fixture

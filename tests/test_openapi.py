@@ -29,7 +29,7 @@ from hub.domain.errors import InvalidInput
 from hub.domain.resources import parse_memory
 from hub.web.openapi import SERVER_URL, build_document
 from tests.busybox_image import ensure_test_image
-from tests.conftest import RunningHub
+from tests.conftest import RunningHub, listening
 from tests.test_servers_api import busybox_env
 
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -133,14 +133,8 @@ async def live_hub(
         await built.deps.catalog.add(busybox_env(busybox))  # type: ignore[attr-defined]
         alice, _ = await built.deps.accounts.create_user("alice", "correct horse")
         await built.deps.teams.join(alice.id, "risk")
-        sock, port = tornado.testing.bind_unused_port()
-        server = tornado.httpserver.HTTPServer(built.app)
-        server.add_sockets([sock])
-        try:
-            yield RunningHub(hub=built, url=f"http://127.0.0.1:{port}")
-        finally:
-            server.stop()
-            await server.close_all_connections()
+        async with listening(built) as running:
+            yield running
 
 
 # The realistic pass: half of the names are real ones and every launch asks for the

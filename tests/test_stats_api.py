@@ -9,15 +9,13 @@ from typing import Any
 import docker
 import pytest
 import pytest_asyncio
-import tornado.httpserver
-import tornado.testing
 
 from hub.app import build_hub
 from hub.config import Settings
 from hub.domain.resources import GiB, MiB, Resources
 from tests.browser_support import busybox_environment
 from tests.busybox_image import ensure_test_image
-from tests.conftest import RunningHub
+from tests.conftest import RunningHub, listening
 from tests.test_servers_api import Api, user_api
 
 
@@ -36,14 +34,8 @@ async def _serve(settings: Settings, image: str) -> AsyncIterator[RunningHub]:
         await built.deps.catalog.add(  # type: ignore[attr-defined]
             busybox_environment(image, "wide", maximum=Resources(cpus=8, memory=8 * GiB))
         )
-        sock, port = tornado.testing.bind_unused_port()
-        server = tornado.httpserver.HTTPServer(built.app)
-        server.add_sockets([sock])
-        try:
-            yield RunningHub(hub=built, url=f"http://127.0.0.1:{port}")
-        finally:
-            server.stop()
-            await server.close_all_connections()
+        async with listening(built) as running:
+            yield running
 
 
 @pytest_asyncio.fixture

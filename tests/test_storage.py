@@ -13,8 +13,6 @@ from typing import Any
 import docker
 import pytest
 import pytest_asyncio
-import tornado.httpserver
-import tornado.testing
 
 from hub.app import build_hub
 from hub.backends.docker_storage import DockerVolumeMeter, parse_du
@@ -33,7 +31,7 @@ from hub.domain.storage import (
     judge,
 )
 from tests.busybox_image import ensure_test_image
-from tests.conftest import RunningHub
+from tests.conftest import RunningHub, listening
 from tests.test_servers_api import Api, busybox_env, user_api
 
 NOW = datetime(2026, 11, 30, 0, 0, tzinfo=UTC)
@@ -216,14 +214,8 @@ async def hub(with_settings: Any, test_image: str) -> AsyncIterator[RunningHub]:
     settings = with_settings(quota={"storage_image": test_image, "storage_interval": 3600.0})
     async with build_hub(settings) as built:
         await built.deps.catalog.add(busybox_env(test_image))  # type: ignore[attr-defined]
-        sock, port = tornado.testing.bind_unused_port()
-        server = tornado.httpserver.HTTPServer(built.app)
-        server.add_sockets([sock])
-        try:
-            yield RunningHub(hub=built, url=f"http://127.0.0.1:{port}")
-        finally:
-            server.stop()
-            await server.close_all_connections()
+        async with listening(built) as running:
+            yield running
 
 
 async def admin_api(hub: RunningHub) -> Api:

@@ -131,6 +131,25 @@ class BaseHandler(tornado.web.RequestHandler):
             return None
         return await self.deps.accounts.session_user(raw.decode())
 
+    async def start_session(self, user: User) -> None:
+        """Sign ``user`` in on this browser: a new server-side session in a signed cookie.
+
+        HttpOnly, SameSite=Lax (links from elsewhere still arrive signed in), Secure and
+        ``__Host-`` behind HTTPS; a session cookie that the server-side row bounds in time.
+        """
+        session_id = await self.deps.accounts.start_session(
+            user, hours=self.deps.settings.hub.session_hours
+        )
+        self.set_signed_cookie(
+            self.deps.session_cookie,
+            session_id,
+            expires_days=None,
+            httponly=True,
+            samesite="Lax",
+            secure=self.deps.secure_cookies,
+            path="/",
+        )
+
     def get_current_user(self) -> User | None:
         return self.user
 

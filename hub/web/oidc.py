@@ -436,18 +436,7 @@ class OidcCallbackHandler(OidcHandler):
             raise
         if created:
             await self._audit("user.create", "ok", "created at first sign-in", user)
-        session_id = await self.deps.accounts.start_session(
-            user, hours=self.deps.settings.hub.session_hours
-        )
-        self.set_signed_cookie(
-            self.deps.session_cookie,
-            session_id,
-            expires_days=None,
-            httponly=True,
-            samesite="Lax",
-            secure=self.deps.secure_cookies,
-            path="/",
-        )
+        await self.start_session(user)
         flow = Flow.loads(raw.decode()) if raw else None
         self.redirect(flow.next_url if flow else "/hub/home")
 

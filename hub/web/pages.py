@@ -77,18 +77,7 @@ class LoginHandler(BaseHandler):
             self.render_page("login.html", next=next_url, error=exc.message, username=username[:32])
             return
         throttle.succeeded(username, address)
-        session_id = await self.deps.accounts.start_session(
-            user, hours=self.deps.settings.hub.session_hours
-        )
-        self.set_signed_cookie(
-            self.deps.session_cookie,
-            session_id,
-            expires_days=None,
-            httponly=True,
-            samesite="Lax",
-            secure=self.deps.secure_cookies,
-            path="/",
-        )
+        await self.start_session(user)
         self.redirect("/hub/password" if user.must_change_password else next_url)
 
     async def _audit_login(self, username: str, address: str, message: str) -> None:
