@@ -11,10 +11,16 @@ const gpus = document.getElementById("gpus");
 const nameInput = document.getElementById("server-name");
 const errorBox = document.getElementById("form-error");
 const submit = document.getElementById("submit");
+const versionField = document.getElementById("version-field");
+const versionSelect = document.getElementById("version");
 const NAME = /^[a-z0-9][a-z0-9_-]{0,31}$/;
 
 let envs = data.limits.environments;
 let chosen = null;
+// Environment name -> its versions (current first, then newest first), fetched when first chosen
+// and again once its current version changes.
+const versionCache = new Map();
+let versionTicket = 0;
 
 function byName(name) {
   return envs.find((e) => e.name === name) || null;
@@ -80,6 +86,57 @@ function renderEnvs() {
   }
 }
 
+function shortDigest(digest) {
+  return typeof digest === "string" && digest.startsWith("sha256:") ? digest.slice(7, 19) : "";
+}
+
+function versionText(v) {
+  const parts = [v.current ? `${v.version} (current)` : v.version];
+  if (v.created) parts.push(v.created.slice(0, 10));
+  if (shortDigest(v.digest)) parts.push(shortDigest(v.digest));
+  return parts.join(" · ");
+}
+
+/** The version a launch would name: null for the current one (the hub's default). */
+function chosenVersion() {
+  if (versionField.hidden || versionSelect.dataset.environment !== chosen) return null;
+  const option = versionSelect.selectedOptions[0];
+  return option && !option.hasAttribute("data-current") ? option.value : null;
+}
+
+function renderVersions(name, list, keep) {
+  const previous = keep ? versionSelect.value : "";
+  const selected = list.some((v) => v.version === previous) ? previous : list[0].version;
+  versionSelect.replaceChildren(...list.map((v) =>
+    el("option", { value: v.version, selected: v.version === selected, "data-current": v.current },
+      versionText(v))));
+  versionSelect.dataset.environment = name;
+  versionField.hidden = list.length < 2;
+}
+
+async function showVersions(offer, keep) {
+  const ticket = ++versionTicket;
+  const cached = versionCache.get(offer.name);
+  if (cached && cached.current === offer.version) {
+    renderVersions(offer.name, cached.list, keep);
+    return;
+  }
+  if (!keep) versionField.hidden = true;
+  let list;
+  try {
+    const detail = await api("GET", `/environments/${encodeURIComponent(offer.name)}`);
+    const current = detail.versions.filter((v) => v.current);
+    list = [...current, ...detail.versions.filter((v) => !v.current)];
+  } catch {
+    list = []; // the form still launches the current version
+  }
+  if (list.length) versionCache.set(offer.name, { current: offer.version, list });
+  if (ticket !== versionTicket || chosen !== offer.name) return;
+  if (list.length) renderVersions(offer.name, list, keep);
+  else versionField.hidden = true;
+  summarize();
+}
+
 function suggestName(envName) {
   if (data.server) return data.server;
   const busy = (n) => ["starting", "running", "stopping"].includes(data.servers[n]);
@@ -96,10 +153,13 @@ function choose(name) {
   size.disabled = !offer;
   submit.disabled = !offer;
   if (!offer) {
+    versionTicket += 1;
+    versionField.hidden = true;
     summarize();
     return;
   }
   const same = previous === offer.name;
+  showVersions(offer, same);
   fill(cpus, offer.choices.cpus, offer.preset.cpus, (v) => `${cores(v)} CPU${v === 1 ? "" : "s"}`, same);
   fill(memory, offer.choices.memory, offer.preset.memory, bytes, same);
   fill(gpus, offer.choices.gpus, offer.preset.gpus, (v) => (v ? `${v} GPU${v === 1 ? "" : "s"}` : "None"), same);
@@ -125,7 +185,8 @@ function summarize() {
     summary.textContent = "Nothing can be launched right now.";
     return;
   }
-  const parts = [offer.name, `${cores(Number(cpus.value))} CPU${Number(cpus.value) === 1 ? "" : "s"}`, bytes(Number(memory.value))];
+  const version = chosenVersion();
+  const parts = [version ? `${offer.name} ${version}` : offer.name, `${cores(Number(cpus.value))} CPU${Number(cpus.value) === 1 ? "" : "s"}`, bytes(Number(memory.value))];
   if (offer.gpu && Number(gpus.value)) parts.push(`${gpus.value} GPU${gpus.value === "1" ? "" : "s"}`);
   summary.replaceChildren(el("strong", {}, parts.join(" · ")), name ? ` as ${name}` : "");
 }
@@ -164,6 +225,8 @@ form.addEventListener("submit", async (event) => {
   }
   const body = { environment: offer.name, cpus: Number(cpus.value), memory: Number(memory.value) };
   if (offer.gpu) body.gpus = Number(gpus.value);
+  const version = chosenVersion();
+  if (version) body.version = version;
   submit.disabled = true;
   submit.textContent = "Launching…";
   try {

@@ -6,13 +6,17 @@ Every flow saves screenshots to artifacts/ui/<flow>-<step>.png.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
 
 import docker
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Request, expect
 
 from hub.domain.resources import GiB, MiB
 from tests.browser_support import (  # noqa: F401 (fixtures)
@@ -418,3 +422,130 @@ def test_an_empty_name_launches_the_default_server(hub: BrowserHub, ui_page: Pag
     expect(card.get_by_role("link", name="Open default")).to_have_attribute("href", "/user/jo/")
     page.goto(hub.url + "/hub/progress/")
     page.wait_for_url("**/user/jo/")  # a running server's progress page goes straight to it
+
+
+@pytest.fixture(scope="module")
+def second_image(test_image: str) -> Iterator[str]:
+    """Another local image (a label on the test image) to be an environment's newer version."""
+    client = docker.from_env()
+    tag = "labdock/test-busybox-v2:ui"
+    dockerfile = f"FROM {test_image}\nLABEL labdock.test=1 labdock.test.ui=v2\n"
+    try:
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True)
+        yield tag
+    finally:
+        try:
+            client.images.remove(tag, force=True)
+        finally:
+            client.close()
+
+
+def call_api(hub: BrowserHub, token: str, method: str, path: str, body: Any = None) -> Any:
+    """The REST API with a token, from the test's thread (the hub serves from its own)."""
+    request = urllib.request.Request(
+        hub.url + "/hub/api" + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read() or b"null")
+
+
+def admin_token(hub: BrowserHub, name: str) -> str:
+    async def make() -> str:
+        deps = hub.hub.deps
+        user, _ = await deps.accounts.create_user(name, "correct horse", is_admin=True)
+        scopes = frozenset({"servers", "read:servers", "admin:environments"})
+        return await deps.accounts.create_token(user, scopes=scopes)
+
+    return hub.run(make())
+
+
+def test_analyst_launches_an_older_version_of_an_environment(
+    hub: BrowserHub, ui_page: Page, test_image: str, second_image: str
+) -> None:
+    client = docker.from_env()
+    try:
+        old_digest = str(client.images.get(test_image).id)
+        new_digest = str(client.images.get(second_image).id)
+    finally:
+        client.close()
+    root = admin_token(hub, "root")
+    definition = {
+        "image": test_image,
+        "version": "1.0",
+        "description": "busybox, in two versions",
+        "contents": "busybox httpd",
+        "port": 8080,
+        "command": ["/app/start"],
+        "prefix": "keep",
+        "readiness_path": "",
+        "pids_limit": 64,
+        "shm_size": "16M",
+        "resources": {
+            "default": {"cpus": 0.5, "memory": "128M"},
+            "maximum": {"cpus": 1, "memory": "256M"},
+        },
+    }
+    call_api(hub, root, "POST", "/environments/versioned", definition)
+    newer = {"image": second_image, "version": "2.0"}
+    added = call_api(hub, root, "POST", "/environments/versioned/versions", newer)
+    assert [(v["version"], v["current"]) for v in added["versions"]] == [
+        ("2.0", True),
+        ("1.0", False),
+    ]
+
+    page = ui_page
+    hub.add_user("kim")
+    login(page, hub, "kim")
+    launches: list[dict[str, Any]] = []
+
+    def note_launch(request: Request) -> None:
+        if request.method == "POST" and "/hub/api/users/kim/servers/" in request.url:
+            launches.append(json.loads(request.post_data or "{}"))
+
+    page.on("request", note_launch)
+    page.goto(hub.url + "/hub/launch")
+    # An environment with one version offers no choice of version.
+    page.locator('label[for="env-busybox"]').click()
+    field = page.locator("#version-field")
+    expect(field).to_be_hidden()
+
+    page.locator('label[for="env-versioned"]').click()
+    version = page.get_by_label("Version", exact=True)
+    expect(version).to_be_visible()
+    options = version.locator("option")
+    expect(options).to_have_text(
+        [
+            re.compile(rf"^2\.0 \(current\) · \d{{4}}-\d\d-\d\d · {new_digest[7:19]}$"),
+            re.compile(rf"^1\.0 · \d{{4}}-\d\d-\d\d · {old_digest[7:19]}$"),
+        ]
+    )
+    expect(version).to_have_value("2.0")
+    # Keyboard only: from the environment to the version, the older one, on to the CPUs.
+    page.locator("#env-versioned").focus()
+    page.keyboard.press("Tab")
+    expect(version).to_be_focused()
+    page.keyboard.press("ArrowDown")
+    expect(version).to_have_value("1.0")
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("CPUs", exact=True)).to_be_focused()
+    page.get_by_label("Server name").fill("old")
+    expect(page.locator("#summary")).to_contain_text("versioned 1.0")
+    shot(page, "version", "1-form")
+    page.get_by_role("button", name="Launch").click()
+    page.wait_for_url("**/user/kim/old/")
+
+    # The current version again: the launch names no version, and gets the current image.
+    page.goto(hub.url + "/hub/launch")
+    page.locator('label[for="env-versioned"]').click()
+    expect(version).to_have_value("2.0")
+    page.get_by_label("Server name").fill("new")
+    page.get_by_role("button", name="Launch").click()
+    page.wait_for_url("**/user/kim/new/")
+
+    assert [b.get("version") for b in launches] == ["1.0", None], launches
+    servers = call_api(hub, root, "GET", "/users/kim")["servers"]
+    assert servers["old"]["image_digest"] == old_digest
+    assert servers["new"]["image_digest"] == new_digest
