@@ -74,6 +74,11 @@ export function cores(n) {
   return String(Math.round(Number(n) * 100) / 100);
 }
 
+/** "1 CPU", "0.5 CPUs", "2 CPUs". */
+export function cpuCount(n) {
+  return `${cores(n)} ${Number(n) === 1 ? "CPU" : "CPUs"}`;
+}
+
 /** A duration in seconds as "3 h 12 min", "5 min", "40 s". */
 export function duration(seconds) {
   if (seconds === null || seconds === undefined) return "—";

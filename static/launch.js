@@ -1,5 +1,5 @@
 // Launch: pick an environment and a size the hub can grant now, name the server, go.
-import { api, ApiError, bytes, cores, el, launchAndFollow, pageData, serverPath } from "./labdock.js";
+import { api, ApiError, bytes, cores, cpuCount, el, launchAndFollow, pageData, serverPath } from "./labdock.js";
 
 const data = pageData();
 const user = data.user;
@@ -52,7 +52,7 @@ function envCard(offer) {
   });
   input.addEventListener("change", () => choose(offer.name));
   const max = offer.launchable
-    ? `up to ${cores(offer.allowed.cpus)} CPUs · ${bytes(offer.allowed.memory)}` +
+    ? `up to ${cpuCount(offer.allowed.cpus)} · ${bytes(offer.allowed.memory)}` +
       (offer.allowed.gpus ? ` · ${offer.allowed.gpus} GPU${offer.allowed.gpus === 1 ? "" : "s"}` : "")
     : offer.reason;
   return el("div", { class: `env-option${offer.launchable ? "" : " unavailable"}` },
@@ -163,7 +163,7 @@ function choose(name) {
   fill(cpus, offer.choices.cpus, offer.preset.cpus, (v) => `${cores(v)} CPU${v === 1 ? "" : "s"}`, same);
   fill(memory, offer.choices.memory, offer.preset.memory, bytes, same);
   fill(gpus, offer.choices.gpus, offer.preset.gpus, (v) => (v ? `${v} GPU${v === 1 ? "" : "s"}` : "None"), same);
-  document.getElementById("cpus-hint").textContent = capText(offer, "cpus", (v) => `${cores(v)} CPUs`);
+  document.getElementById("cpus-hint").textContent = capText(offer, "cpus", cpuCount);
   document.getElementById("memory-hint").textContent = capText(offer, "memory", bytes);
   const gpuField = document.getElementById("gpus-field");
   gpuField.hidden = !offer.gpu;
