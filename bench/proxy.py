@@ -2,6 +2,7 @@
 
 $ flock /tmp/labdock-bench.lock .venv/bin/python bench/proxy.py      # what `make bench` runs
 $ python bench/proxy.py --quick                                       # shorter runs, for a try
+$ python bench/proxy.py --peers direct,labdock --latency-only --rounds 5   # p50 at 1 conn only
 
 One run, one backend (nginx serving static files on loopback), four ways through:
 
@@ -14,9 +15,11 @@ One run, one backend (nginx serving static files on loopback), four ways through
   installed into ``.cache/bench/chp-venv``.
 
 Measured: 1 KiB GETs with ``wrk`` at 1 connection (p50, p99) and at 32 connections
-(req/s); a 100 MB download and upload with ``curl`` (MB/s); the proxy's RSS growth
-over a 1 GB download; WebSocket echo round trips of 1 KiB per second (through a
-small tornado echo server, since nginx cannot echo). Missing nginx, wrk or curl are
+(req/s), the medians of 5 cells of 2 s per way through, the ways taking turns so that
+a shared machine's changing load falls on all of them alike; a 100 MB download and
+upload with ``curl`` (MB/s, best of 3, taking turns too); the proxy's RSS growth over
+a 1 GB download; WebSocket echo round trips of 1 KiB per second (through a small
+tornado echo server, since nginx cannot echo). Missing nginx, wrk or curl are
 installed with apt-get. The table goes to stdout, then one JSON line.
 """
 
@@ -54,6 +57,7 @@ MB = 1_000_000
 # Measurements a peer could not complete (say, chp answering 503 to a 1 GB download):
 # shown as "-" in the table and listed in the JSON line, never dropped silently.
 ERRORS: list[str] = []
+ROUNDS = [5]  # wrk rounds of this run, for the JSON line
 
 
 def log(message: str) -> None:
@@ -175,7 +179,7 @@ class Rig:
             raise SetupError(f"nginx {name} failed:\n{tail(self.work / f'{name}.log')}")
         self.pids[name] = _children(proc.pid) or [proc.pid]
 
-    def start(self) -> None:
+    def start(self, peers: list[str]) -> None:
         www = self.work / "www"
         (www / "upload").mkdir(parents=True)
         (www / "file1k").write_bytes(b"k" * 1024)
@@ -189,11 +193,19 @@ class Rig:
         proc = self.spawn("echo", [PY, str(HERE / "_proxy_ws.py"), "serve", str(echo)])
         _wait_port(echo, proc)
         self.ws["direct"] = f"ws://127.0.0.1:{echo}/ws/echo"
+        if "nginx" in peers:
+            self._start_nginx(nginx_port, backend, echo)
+        if "chp" in peers:
+            self._start_chp(echo)
+        if "labdock" in peers:
+            self._start_labdock(echo)
 
+    def _start_nginx(self, nginx_port: int, backend: int, echo: int) -> None:
         self.nginx("nginx", PROXY.format(port=nginx_port, backend=backend, echo=echo), "auto")
         self.base["nginx"] = f"http://127.0.0.1:{nginx_port}"
         self.ws["nginx"] = f"ws://127.0.0.1:{nginx_port}/ws/echo"
 
+    def _start_chp(self, echo: int) -> None:
         chp = ensure_venv("chp-venv", CHP_PACKAGES)
         port = free_port()
         api = free_port()
@@ -215,6 +227,7 @@ class Rig:
         self.ws["chp"] = f"ws://127.0.0.1:{port}/ws/echo"
         self.pids["chp"] = [proc.pid]
 
+    def _start_labdock(self, echo: int) -> None:
         data = self.work / "labdock"
         data.mkdir()
         proc = self.spawn(
@@ -336,45 +349,102 @@ def ws_rate(url: str, headers: list[str], seconds: float) -> float:
     return float(out.strip().splitlines()[-1])
 
 
-def measure(rig: Rig, name: str, seconds: float, repeats: int) -> dict[str, float]:
-    base, headers = rig.base[name], rig.headers[name]
-    hargs = header_args(headers)
-    wrk(base + "/file1k", headers, 8, 1)  # warm up: connections, caches, auth
-    c1 = wrk(base + "/file1k", headers, 1, seconds)
-    c32 = wrk(base + "/file1k", headers, 32, seconds)
-    down = max(
-        curl_speed([*hargs, base + "/file100m"], "speed_download") for _ in range(repeats)
-    )
-    up = max(
-        curl_speed(
-            [*hargs, "-T", str(rig.work / "up100m"), f"{base}/upload/{name}-{i}"],
-            "speed_upload",
-        )
-        for i in range(repeats)
-    )
-    figures = {
-        "p50_us_c1": c1["p50_us"],
-        "p99_us_c1": c1["p99_us"],
-        "rps_c1": c1["rps"],
-        "rps_c32": c32["rps"],
-        "download_100mb_mbps": down,
-        "upload_100mb_mbps": up,
-    }
-    try:
-        figures["ws_echo_per_s"] = ws_rate(rig.ws[name], headers, seconds)
-    except subprocess.CalledProcessError as exc:
-        ERRORS.append(f"{name}: WebSocket echo: {exc.stderr.strip().splitlines()[-1]}")
-        log(ERRORS[-1])
-    if name != "direct":
-        pids = rig.pids[name]
-        try:
-            figures["rss_growth_mb_1gb"] = rss_growth_mb(
-                pids, lambda: curl_speed([*hargs, base + "/file1g"], "speed_download")
+def latency_rounds(rig: Rig, names: list[str], seconds: float, rounds: int) -> None:
+    """``--latency-only``: p50 at 1 connection, the peers taking turns, ``rounds`` times.
+
+    Taking turns spreads a neighbour's load over every peer alike, so that the
+    differences within one round mean something on a shared machine.
+    """
+    for name in names:
+        wrk(rig.base[name] + "/file1k", rig.headers[name], 8, 1)  # warm up
+    p50s: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            c1 = wrk(rig.base[name] + "/file1k", rig.headers[name], 1, seconds)
+            p50s[name].append(c1["p50_us"])
+        log("  ".join(f"{n} {p50s[n][-1]:.0f}" for n in names))
+    medians = {n: _median(v) for n, v in p50s.items()}
+    out: dict[str, Any] = {"bench": "proxy-latency", "p50_us_c1": p50s, "median": medians}
+    if "direct" in medians:
+        out["added_median_us"] = {
+            n: medians[n] - medians["direct"] for n in names if n != "direct"
+        }
+    print(json.dumps(out))
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def measure(
+    rig: Rig, names: list[str], seconds: float, rounds: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Every row for every way through, the ways taking turns within each row.
+
+    On a shared machine the load moves within a minute; measured one after
+    the other, one way through could get a quiet minute and the next a busy
+    one. Taking turns (``rounds`` wrk cells of ``seconds`` each, medians kept;
+    ``repeats`` curl runs, best kept) spreads the load over all of them alike.
+    """
+    for name in names:
+        wrk(rig.base[name] + "/file1k", rig.headers[name], 8, 1)  # warm up: connections, auth
+    cells: dict[str, dict[str, list[float]]] = {name: {} for name in names}
+
+    def note(name: str, key: str, value: float) -> None:
+        cells[name].setdefault(key, []).append(value)
+
+    log(f"1 KiB GETs: {rounds} rounds of {seconds:g} s per way and connection count")
+    for _ in range(rounds):
+        for name in names:
+            c1 = wrk(rig.base[name] + "/file1k", rig.headers[name], 1, seconds)
+            note(name, "p50_us_c1", c1["p50_us"])
+            note(name, "p99_us_c1", c1["p99_us"])
+            note(name, "rps_c1", c1["rps"])
+    for _ in range(rounds):
+        for name in names:
+            c32 = wrk(rig.base[name] + "/file1k", rig.headers[name], 32, seconds)
+            note(name, "rps_c32", c32["rps"])
+    results = {name: {k: _median(v) for k, v in cells[name].items()} for name in names}
+    log(f"100 MB down and up: {repeats} rounds")
+    best: dict[str, dict[str, float]] = {name: {} for name in names}
+    for i in range(repeats):
+        for name in names:
+            base, hargs = rig.base[name], header_args(rig.headers[name])
+            down = curl_speed([*hargs, base + "/file100m"], "speed_download")
+            up = curl_speed(
+                [*hargs, "-T", str(rig.work / "up100m"), f"{base}/upload/{name}-{i}"],
+                "speed_upload",
             )
+            mine = best[name]
+            mine["download_100mb_mbps"] = max(mine.get("download_100mb_mbps", 0.0), down)
+            mine["upload_100mb_mbps"] = max(mine.get("upload_100mb_mbps", 0.0), up)
+    for name in names:
+        results[name].update(best[name])
+    for name in names:
+        log(f"WebSocket echo and RSS: {name}")
+        base, headers = rig.base[name], rig.headers[name]
+        hargs = header_args(headers)
+        figures = results[name]
+        try:
+            figures["ws_echo_per_s"] = ws_rate(rig.ws[name], headers, 5.0)
         except subprocess.CalledProcessError as exc:
-            ERRORS.append(f"{name}: 1 GB download: {exc.stderr.strip()}")
+            ERRORS.append(f"{name}: WebSocket echo: {exc.stderr.strip().splitlines()[-1]}")
             log(ERRORS[-1])
-    return figures
+        if name != "direct":
+            pids = rig.pids[name]
+            try:
+                figures["rss_growth_mb_1gb"] = rss_growth_mb(
+                    pids,
+                    lambda argv=[*hargs, base + "/file1g"]: curl_speed(argv, "speed_download"),
+                )
+            except subprocess.CalledProcessError as exc:
+                ERRORS.append(f"{name}: 1 GB download: {exc.stderr.strip()}")
+                log(ERRORS[-1])
+    return results
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
@@ -421,24 +491,54 @@ def summary(results: dict[str, dict[str, float]], seconds: float, load: str) -> 
         "raw": {name: {k: round(v, 1) for k, v in fig.items()} for name, fig in results.items()},
         "errors": ERRORS,
         "wrk_seconds": seconds,
+        "wrk_rounds": ROUNDS[0],
         "load_before": load,
         "cpus": os.cpu_count(),
     }
 
 
+def _option(argv: list[str], name: str, default: str) -> str:
+    if name in argv:
+        return argv[argv.index(name) + 1]
+    return default
+
+
+USAGE = """usage: proxy.py [--quick] [--peers direct,labdock,nginx,chp]
+                [--rounds N] [--seconds S] [--latency-only]
+
+  --quick          one round of wrk cells and one curl run (instead of 5 and 3)
+  --rounds N       rounds of wrk cells, the ways through taking turns (default 5)
+  --seconds S      seconds per wrk cell (default 2)
+  --peers          only these ways through (the JSON summary needs all four but chp)
+  --latency-only   only p50 at 1 connection
+"""
+
+
 def main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        print(USAGE)
+        return 0
     quick = "--quick" in argv
-    seconds, repeats = (2.0, 1) if quick else (5.0, 3)
+    seconds, rounds, repeats = (2.0, 1, 1) if quick else (2.0, 5, 3)
+    seconds = float(_option(argv, "--seconds", str(seconds)))
+    rounds = int(_option(argv, "--rounds", str(rounds)))
+    ROUNDS[0] = rounds
+    peers = [p for p in _option(argv, "--peers", ",".join(PROXIES)).split(",") if p]
+    unknown = set(peers) - set(PROXIES)
+    if unknown:
+        print(f"proxy: unknown peers {sorted(unknown)}; known: {', '.join(PROXIES)}")
+        return 2
     ensure_tools()
     load = Path("/proc/loadavg").read_text().split(" ")[0]
     work = Path(tempfile.mkdtemp(prefix="labdock-bench-proxy-"))
     rig = Rig(work)
     results: dict[str, dict[str, float]] = {}
     try:
-        rig.start()
-        for name in PROXIES:
-            log(f"measuring {name}")
-            results[name] = measure(rig, name, seconds, repeats)
+        rig.start(peers)
+        if "--latency-only" in argv:
+            latency_rounds(rig, peers, seconds, rounds)
+            return 0
+        results = measure(rig, peers, seconds, rounds, repeats)
     except (SetupError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", None) or ""
         print(f"proxy: {exc}\n{detail}", file=sys.stderr)
@@ -448,8 +548,12 @@ def main(argv: list[str]) -> int:
         rig.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(table(results))
-    print(f"(wrk {seconds:g} s per cell, 1 thread; best of {repeats} curl runs; "
-          f"load average before: {load}; {os.cpu_count()} CPUs)")
+    if not {"direct", "nginx", "labdock"} <= set(results):
+        print(json.dumps({"bench": "proxy", "raw": results, "errors": ERRORS}))
+        return 0
+    print(f"(wrk 1 thread, medians of {rounds} cells of {seconds:g} s, the ways through "
+          f"taking turns; best of {repeats} curl runs; load average before: {load}; "
+          f"{os.cpu_count()} CPUs)")
     out = summary(results, seconds, load)
     goals_met = (
         out["rps_c32_ratio_vs_nginx"] >= 0.16

@@ -27,6 +27,14 @@ Every connection on the public port lands here. For each request:
 The response side of each connection (heads rewritten, bodies relayed, 101s
 turned into pipes, time limits) is ``hub.web.proxy_relay.Relay``.
 
+Keep-alive clients repeat themselves, so each connection remembers its last
+head: header lines identical to the last request's, byte for byte, are not
+parsed or rewritten again, and a head identical in full gets the same pass
+again without its checks, as long as the grant cache returns the very same
+grant and the route table the very same route (both are replaced, never
+changed, so anything that would change the answer makes a new decision).
+Each upstream connection does the same with response heads.
+
 Requests whose framing is ambiguous (two lengths, a length and chunked, an
 encoding other than chunked), heads over ``max_header_size`` and anything
 that is not clean HTTP/1.x are refused here, before any byte moves on.
@@ -43,7 +51,7 @@ from urllib.parse import urlsplit
 
 from hub.domain.errors import InvalidInput
 from hub.domain.routes import Route, canonical_path, upstream_path
-from hub.web.proxy_auth import Grant, hub_token
+from hub.web.proxy_auth import Credential, Grant, hub_token
 from hub.web.proxy_headers import (
     Forwarded,
     forwarded_block,
@@ -62,18 +70,21 @@ from hub.web.proxy_relay import (
     EXCHANGE,
     HEAD,
     HEAD_END,
-    NO_BODY,
     TUNNEL,
     FrontConfig,
     Pass,
     Relay,
 )
 from hub.web.proxy_wire import (
+    KEEP_HEAD,
+    NO_BODY,
     BodyScanner,
     Head,
     WireError,
+    body_length,
     line_pattern,
     parse_request,
+    request_body,
 )
 
 log = logging.getLogger(__name__)
@@ -87,6 +98,8 @@ _HUB_DROP = line_pattern(
 )
 _CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
 _NO_TOKENS: frozenset[str] = frozenset()
+# ``Connection`` values that name no header to drop beyond the hop-by-hop ones.
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
 
 
 class FrontProxy:
@@ -144,6 +157,23 @@ class _Client(Relay, Reader):
         self._forwarded_for: Route | None = None
         self._forwarded_host = ""
         self._session = front.session_cookie
+        # The last request head on this connection, and the last pass decided: a
+        # keep-alive client that repeats a head byte for byte (polling, a benchmark)
+        # gets the same pass while its grant and the route are the same objects.
+        self._previous: Head | None = None
+        self._credential: Credential | None = None
+        self._memo_request: Head | None = None
+        self._memo_credential: Credential = ("", "")
+        self._memo_grant: Grant | None = None
+        self._memo_canonical = ""
+        self._memo_pass: Pass | None = None
+        # What the header lines of the last request said (kept while the next ones
+        # repeat them, as a browser's do whatever the path): see ``_read_block``.
+        self._block = b""
+        self._block_credential: Credential | None = None
+        self._block_token = False
+        self._block_html = False
+        self._block_upstream: bytes | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -207,11 +237,23 @@ class _Client(Relay, Reader):
         if state == EXCHANGE and not self.req_body.done and self.up is not None and not self.buf:
             self._send_body(data)
             return
-        self.buf += data
         if state == HEAD:
             self.last = self.loop.time()
+            if not self.buf:
+                # The usual case: one whole head, nothing after it, nothing before.
+                end = data.find(HEAD_END)
+                if (
+                    0 < end == len(data) - 4
+                    and end <= self.config.max_header_size
+                    and not data.startswith(b"\r\n")
+                ):
+                    self._take_request(data[:end])
+                    return
+            self.buf += data
             self._next_request()
-        elif state == EXCHANGE:
+            return
+        self.buf += data
+        if state == EXCHANGE:
             if self.up is not None and not self.req_body.done:
                 data = bytes(self.buf)
                 self.buf.clear()
@@ -277,7 +319,7 @@ class _Client(Relay, Reader):
 
     def _next_request(self) -> None:
         buf = self.buf
-        while buf[:2] == b"\r\n":
+        while buf.startswith(b"\r\n"):
             del buf[:2]  # stray CRLFs between requests are allowed (RFC 9112 2.2)
         end = buf.find(HEAD_END)
         if end < 0:
@@ -289,12 +331,18 @@ class _Client(Relay, Reader):
             return
         raw = bytes(buf[:end])
         del buf[: end + 4]
+        self._take_request(raw)
+
+    def _take_request(self, raw: bytes) -> None:
+        """Read the request head ``raw`` (without its blank line) and send the request on."""
         try:
-            request = parse_request(raw)
+            request = parse_request(raw, self._previous)
         except (WireError, UnicodeDecodeError):
             self._bad_request(400, "Bad Request")
             return
-        body = _request_body(request)
+        # Kept for the next request to compare with, unless it is unusually large.
+        self._previous = request if len(raw) <= KEEP_HEAD else None
+        body = request_body(request)
         if body is None:
             self._bad_request(400, "Bad Request")
             return
@@ -324,9 +372,18 @@ class _Client(Relay, Reader):
             self._to_hub()
             return None
         config = self.config
-        credential = config.auth.credential(
-            request.fields.get("authorization"), request.fields.get("cookie")
-        )
+        if request is self._memo_request:
+            memo = self._memo_pass
+            assert memo is not None
+            grant = config.auth.cached(self._memo_credential)
+            if grant is not None and grant is self._memo_grant:
+                found = config.routes.match(self._memo_canonical)
+                if found is not None and found[0] is memo.route:
+                    config.activity.record(memo.route.server_id)
+                    return memo
+        if request.block is not self._block:
+            self._read_block(request)
+        credential = self._credential = self._block_credential
         if credential is None:
             self._to_hub()
             return None
@@ -353,6 +410,16 @@ class _Client(Relay, Reader):
         if decided is not None:
             self._begin(decided)
 
+    def _read_block(self, request: Head) -> None:
+        """What the request's header lines say about its credential and what goes upstream."""
+        fields = request.fields
+        authorization = fields.get("authorization")
+        self._block = request.block
+        self._block_credential = self.config.auth.credential(authorization, fields.get("cookie"))
+        self._block_token = hub_token(authorization) is not None
+        self._block_html = "text/html" in (fields.get("accept") or "")
+        self._block_upstream = None  # made when first needed
+
     def _authorize(self, request: Head, grant: Grant) -> Pass | None:
         """The same rules as ``ProxyHandler.prepare``; any doubt goes to the hub."""
         path, _, query = request.target.partition("?")
@@ -362,10 +429,10 @@ class _Client(Relay, Reader):
             self._to_hub()
             return None
         user = grant.user
-        presents_token = hub_token(request.fields.get("authorization")) is not None
-        wants_html = not presents_token and "text/html" in (
-            request.fields.get("accept") or ""
-        )
+        if request.block is not self._block:
+            self._read_block(request)
+        presents_token = self._block_token
+        wants_html = not presents_token and self._block_html
         found = self.config.routes.match(canonical)
         if found is None or (user.must_change_password and wants_html):
             self._to_hub()
@@ -407,14 +474,20 @@ class _Client(Relay, Reader):
         target = upstream_path(path, rest, route)
         if query or request.target.endswith("?"):
             target += "?" + query
-        parts = [
-            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n".encode("latin1"),
-            upstream_block(
+        passed = self._block_upstream
+        if passed is None:
+            connection = request.fields.get("connection")
+            if connection is not None and connection.lower() in _PLAIN_CONNECTION:
+                connection = None  # names no other header: nothing more to drop
+            passed = self._block_upstream = upstream_block(
                 request.block,
-                connection=request.fields.get("connection"),
+                connection=connection,
                 cookie=request.fields.get("cookie"),
                 hub_cookies=config.hub_cookies,
-            ),
+            )
+        parts = [
+            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n".encode("latin1"),
+            passed,
             self._forwarded,
         ]
         body = self.req_body
@@ -430,7 +503,14 @@ class _Client(Relay, Reader):
                 parts.append(b"Content-Length: 0\r\n")
         parts.append(b"\r\n")
         config.activity.record(route.server_id)
-        return Pass(route, b"".join(parts), upgrade, user, wants_html)
+        decided = Pass(route, b"".join(parts), upgrade, user, wants_html)
+        if request is not self._previous:
+            return decided  # too large to keep
+        assert self._credential is not None
+        self._memo_request, self._memo_grant = request, grant
+        self._memo_credential = self._credential
+        self._memo_canonical, self._memo_pass = canonical, decided
+        return decided
 
     def _origin_allowed(self, request: Head) -> bool:
         origin = request.fields.get("origin")
@@ -556,26 +636,3 @@ class _Client(Relay, Reader):
         if self.req_body.done and len(self.buf) > self.config.max_header_size:
             self._pause_client()
 
-
-def body_length(value: str) -> int:
-    """The single length of a checked ``Content-Length`` (``a, a`` counts as ``a``)."""
-    return int(value.split(",")[0].strip())
-
-
-def _request_body(request: Head) -> BodyScanner | None:
-    """How the request's body is framed, or ``None`` when it is ambiguous (refused)."""
-    encoding = request.fields.get("transfer-encoding")
-    length = request.fields.get("content-length")
-    if encoding is not None:
-        if length is not None or encoding.strip().lower() != "chunked":
-            return None
-        if request.version != "HTTP/1.1":
-            return None
-        return BodyScanner.chunked()
-    if length is None:
-        return NO_BODY
-    values = {v.strip() for v in length.split(",")}
-    value = values.pop()
-    if values or not value.isascii() or not value.isdigit() or len(value) > 19:
-        return None
-    return BodyScanner.fixed(int(value))

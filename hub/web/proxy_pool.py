@@ -25,6 +25,8 @@ from collections import deque
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
+from hub.web.proxy_wire import Head
+
 # Large enough that a fast reader never waits on pause/resume churn, small
 # enough that a slow reader holds little of a big transfer in the hub's memory.
 WRITE_HIGH = 1024 * 1024
@@ -115,6 +117,14 @@ class UpstreamConnection(Reader):
         self.owner: Owner | None = None
         self.closed = False
         self.idle_since = 0.0
+        # The last response head read here, and what the fast path made of it: a
+        # server repeats its heads byte for byte often enough to keep them (see
+        # ``parse_response`` and ``Relay._response_head``).
+        self.last_head: Head | None = None
+        self.memo_head: Head | None = None
+        self.memo_out = b""
+        self.memo_close = False
+        self.memo_chunked = False
 
     # asyncio.Protocol ------------------------------------------------------
 

@@ -28,7 +28,14 @@ from hub.domain.routes import Route, RouteTable
 from hub.web.proxy_auth import ProxyAuth
 from hub.web.proxy_headers import response_block, response_header_lines
 from hub.web.proxy_pool import ConnectionPool, UpstreamConnection, write_view
-from hub.web.proxy_wire import BodyScanner, Head, WireError, parse_response
+from hub.web.proxy_wire import (
+    KEEP_HEAD,
+    NO_BODY,
+    BodyScanner,
+    Head,
+    WireError,
+    parse_response,
+)
 
 Refuse = Callable[[int, str, bool, User | None], bytes]
 """``refuse(status, message, wants_html, user)``: a whole response the front sends, then closes."""
@@ -36,7 +43,8 @@ Refuse = Callable[[int, str, bool, User | None], bytes]
 HEAD_END = b"\r\n\r\n"
 # The states of a client connection.
 HEAD, EXCHANGE, TUNNEL, CLOSED = range(4)
-NO_BODY = BodyScanner.none()  # never changes: shared by every message without a body
+# ``Connection`` values that name no header to drop beyond the hop-by-hop ones.
+_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,7 @@ class Relay:
     def _response_head(self, data: bytes) -> bytes:
         """Read the response head; return the body bytes that came with it."""
         rbuf = self.rbuf + data if self.rbuf else data
+        up = self.up
         while True:
             end = rbuf.find(HEAD_END)
             if end < 0:
@@ -184,10 +193,12 @@ class Relay:
                     self._bad_upstream("the server sent an over-long head")
                 return b""
             try:
-                head = parse_response(rbuf[:end])
+                head = parse_response(rbuf[:end], up.last_head if up is not None else None)
             except (WireError, UnicodeDecodeError):
                 self._bad_upstream("the server sent a bad response head")
                 return b""
+            if up is not None:
+                up.last_head = head if end <= KEEP_HEAD else None
             raw_head, rbuf = rbuf[: end + 4], rbuf[end + 4 :]
             code = int(head.first[1])
             if code == 101:
@@ -216,12 +227,20 @@ class Relay:
         fast = self.fast
         if fast is None:
             out = raw_head
+        elif (
+            up is not None
+            and up.memo_head is head
+            and up.memo_close == self.close_after
+            and up.memo_chunked == body.is_chunked
+        ):
+            out = up.memo_out  # the same head as the last response on this connection
         else:
+            connection = head.fields.get("connection")
+            if connection is not None and connection.lower() in _PLAIN_CONNECTION:
+                connection = None  # names no other header: nothing more to drop
             parts = [
                 f"HTTP/1.1 {head.first[1]} {head.first[2]}\r\n".encode("latin1"),
-                response_block(
-                    head.block, connection=head.fields.get("connection"), session=self._session
-                ),
+                response_block(head.block, connection=connection, session=self._session),
             ]
             if body.is_chunked:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
@@ -229,6 +248,9 @@ class Relay:
                 parts.append(b"Connection: close\r\n")
             parts.append(b"\r\n")
             out = b"".join(parts)
+            if up is not None and head is up.last_head:
+                up.memo_head, up.memo_out = head, out
+                up.memo_close, up.memo_chunked = self.close_after, body.is_chunked
         # The head goes out with the first piece of the body: one write, not two.
         try:
             end = body.feed(rbuf, 0) if rbuf else 0

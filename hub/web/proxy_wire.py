@@ -19,6 +19,9 @@ import re
 from collections.abc import Iterable
 
 MAX_LINE = 4096
+# Heads up to this size are kept per connection, to be recognized when repeated
+# (see ``parse_request``); larger ones are rare and not worth the memory.
+KEEP_HEAD = 16 * 1024
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VERSION = re.compile(rb"HTTP/1\.[01]")
@@ -74,10 +77,11 @@ class Head:
     them all, for the rare paths that need every one.
     """
 
-    __slots__ = ("block", "fields", "first")
+    __slots__ = ("block", "fields", "first", "line")
 
-    def __init__(self, first: tuple[str, str, str], block: bytes) -> None:
+    def __init__(self, first: tuple[str, str, str], block: bytes, line: bytes = b"") -> None:
         self.first = first  # (method, target, version) or (version, code, reason)
+        self.line = line  # the start line as received, to recognize it next time
         self.block = block
         # ``fields``: the WATCHED headers by lower-case name, duplicates joined by
         # "," ("; " for Cookie).
@@ -89,6 +93,15 @@ class Head:
                 value = fields[name] + ("; " if name == "cookie" else ",") + value
             fields[name] = value
         self.fields = fields
+
+    def again(self, first: tuple[str, str, str], line: bytes) -> Head:
+        """A head with this one's header lines (and their reading) under another start line."""
+        head = Head.__new__(Head)
+        head.first = first
+        head.line = line
+        head.block = self.block
+        head.fields = self.fields  # never changed once read: shared
+        return head
 
     def header(self, name: str) -> str | None:
         """The value of a ``WATCHED`` header (lower case); ``None`` if absent."""
@@ -134,29 +147,52 @@ def _block(data: bytes) -> bytes:
     return block
 
 
-def parse_request(data: bytes) -> Head:
-    """Parse a request head (without its final blank line)."""
-    first, _, block = data.partition(b"\r\n")
-    parts = first.split(b" ")
-    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _VERSION.fullmatch(parts[2]):
-        raise WireError("bad request line")
-    if not parts[1] or _BAD_VALUE.search(parts[1]):
-        raise WireError("bad request target")
-    start = (parts[0].decode("latin1"), parts[1].decode("latin1"), parts[2].decode("latin1"))
-    return Head(start, _block(block))
+def _same_block(previous: Head | None, block: bytes) -> bool:
+    """Whether ``block`` (as received, without its last CRLF) is ``previous``'s, byte for byte."""
+    if previous is None:
+        return False
+    known = previous.block
+    return len(known) == len(block) + 2 and known.startswith(block) if block else not known
 
 
-def parse_response(data: bytes) -> Head:
-    """Parse a response head (without its final blank line)."""
+def parse_request(data: bytes, previous: Head | None = None) -> Head:
+    """Parse a request head (without its final blank line).
+
+    ``previous``, the head before on the same connection: a start line or
+    header lines identical to its own, byte for byte, are not read again
+    (keep-alive clients repeat their headers; what was checked then holds).
+    """
     first, _, block = data.partition(b"\r\n")
-    version, _, rest = first.partition(b" ")
-    code, _, reason = rest.partition(b" ")
-    if not _VERSION.fullmatch(version) or len(code) != 3 or not code.isdigit():
-        raise WireError("bad status line")
-    if _BAD_VALUE.search(reason):
-        raise WireError("bad status line")
-    start = (version.decode("latin1"), code.decode("latin1"), reason.decode("latin1"))
-    return Head(start, _block(block))
+    if previous is not None and first == previous.line:
+        start = previous.first
+    else:
+        parts = first.split(b" ")
+        if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _VERSION.fullmatch(parts[2]):
+            raise WireError("bad request line")
+        if not parts[1] or _BAD_VALUE.search(parts[1]):
+            raise WireError("bad request target")
+        start = (parts[0].decode("latin1"), parts[1].decode("latin1"), parts[2].decode("latin1"))
+    if previous is not None and _same_block(previous, block):
+        return previous if first == previous.line else previous.again(start, first)
+    return Head(start, _block(block), first)
+
+
+def parse_response(data: bytes, previous: Head | None = None) -> Head:
+    """Parse a response head (without its final blank line); ``previous`` as for requests."""
+    first, _, block = data.partition(b"\r\n")
+    if previous is not None and first == previous.line:
+        start = previous.first
+    else:
+        version, _, rest = first.partition(b" ")
+        code, _, reason = rest.partition(b" ")
+        if not _VERSION.fullmatch(version) or len(code) != 3 or not code.isdigit():
+            raise WireError("bad status line")
+        if _BAD_VALUE.search(reason):
+            raise WireError("bad status line")
+        start = (version.decode("latin1"), code.decode("latin1"), reason.decode("latin1"))
+    if previous is not None and _same_block(previous, block):
+        return previous if first == previous.line else previous.again(start, first)
+    return Head(start, _block(block), first)
 
 
 def content_length(value: str) -> int | None:
@@ -273,3 +309,30 @@ class BodyScanner:
         if self._mode == _UNTIL_CLOSE:
             self.done = True
         return self.done
+
+
+NO_BODY = BodyScanner.none()  # never changes: shared by every message without a body
+
+
+def body_length(value: str) -> int:
+    """The single length of a checked ``Content-Length`` (``a, a`` counts as ``a``)."""
+    return int(value.split(",")[0].strip())
+
+
+def request_body(request: Head) -> BodyScanner | None:
+    """How the request's body is framed, or ``None`` when it is ambiguous (refused)."""
+    encoding = request.fields.get("transfer-encoding")
+    length = request.fields.get("content-length")
+    if encoding is not None:
+        if length is not None or encoding.strip().lower() != "chunked":
+            return None
+        if request.version != "HTTP/1.1":
+            return None
+        return BodyScanner.chunked()
+    if length is None:
+        return NO_BODY
+    values = {v.strip() for v in length.split(",")}
+    value = values.pop()
+    if values or not value.isascii() or not value.isdigit() or len(value) > 19:
+        return None
+    return BodyScanner.fixed(int(value))
