@@ -1024,6 +1024,61 @@ async def test_a_logged_out_session_stops_passing_within_the_cache_bound(
     assert answer.code == 401
 
 
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One response off a kept-alive connection: its status and its body."""
+    raw_head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = raw_head.decode("latin-1").split("\r\n")
+    fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    if fields.get("transfer-encoding", "").lower() == "chunked":
+        payload = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            payload += await reader.readexactly(size + 2)
+            if size == 0:
+                return int(lines[0].split()[1]), payload
+    length = int(fields.get("content-length", "0"))
+    return int(lines[0].split()[1]), await reader.readexactly(length)
+
+
+async def test_a_repeated_request_on_one_connection_is_judged_again_each_time(
+    proxy_hub: ProxyHub,
+) -> None:
+    """The front reuses its reading of a repeated head; never a stale decision."""
+    browser = Browser(proxy_hub.running)  # a session of its own, to log out below
+    assert (await browser.login("alice", PASSWORD)).code == 302
+    request = head("GET", "/user/alice/echo", cookie_line(browser))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_hub.port)
+    try:
+
+        async def send() -> int:
+            nonlocal reader, writer
+            writer.write(request)
+            await writer.drain()
+            try:
+                return (await read_response(reader))[0]
+            except asyncio.IncompleteReadError:
+                # tornado alone closes after a refusal; the front keeps the connection.
+                assert proxy_hub.front is None, "the front dropped a kept-alive connection"
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy_hub.port)
+                return await send()
+
+        assert [await send(), await send(), await send()] == [200, 200, 200]
+        removed = proxy_hub.routes.remove(1)
+        assert removed is not None
+        assert await send() == 503  # the same bytes, the route gone: the hub's page
+        proxy_hub.routes.add(removed)
+        assert await send() == 200
+        assert (await browser.post("/hub/logout", {})).code == 302
+        logged_out = time.monotonic()
+        while (status := await send()) == 200:
+            assert time.monotonic() - logged_out < AUTH_TTL + 0.5, "still passing after logout"
+            await asyncio.sleep(0.05)
+        assert status == 401
+    finally:
+        writer.close()
+
+
 async def test_pipelined_requests_are_answered_in_order_on_one_connection(
     proxy_hub: ProxyHub,
 ) -> None:
