@@ -156,6 +156,27 @@ async def test_double_click_gives_one_container(
     assert len(containers(docker_client, hub_id)) == 1
 
 
+async def test_many_servers_removed_at_once_all_go_without_a_locked_database(
+    hub: RunningHub, docker_client: docker.DockerClient, hub_id: str
+) -> None:
+    """Each removal reads its row, then deletes it: on SQLite that must take the write
+    lock first, or concurrent removals fail with "database is locked" (seen in a burst)."""
+    names = []
+    for name in ("ann", "ben", "cat"):
+        api = await user_api(hub, name)
+        names += [(api, name, f"s{i}") for i in range(3)]
+    busybox = {"environment": "busybox", "cpus": 0.2}  # nine fit in the 2 CPUs of the host
+    launched = await asyncio.gather(
+        *(u.call("POST", f"/users/{n}/servers/{s}", busybox) for u, n, s in names)
+    )
+    assert {r.code for r in launched} <= {201, 202}, [r.body for r in launched]
+    removed = await asyncio.gather(
+        *(u.call("DELETE", f"/users/{n}/servers/{s}", {"remove": True}) for u, n, s in names)
+    )
+    assert [r.code for r in removed] == [204] * len(names), [r.body for r in removed]
+    assert containers(docker_client, hub_id) == []
+
+
 async def test_launch_over_the_user_quota_is_refused_with_the_numbers(
     hub: RunningHub, db_url: str
 ) -> None:

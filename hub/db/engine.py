@@ -9,17 +9,26 @@ its writes and a second process (the CLI) waits instead of failing at once.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import NullPool
 
 from hub.domain.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Execution options that make SQLite's BEGIN take the write lock first (see below).
+IMMEDIATE = {"labdock_immediate": True}
 
 
 def parse_url(url: str) -> URL:
@@ -106,3 +115,17 @@ def make_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         _take_over_sqlite_transactions(engine.sync_engine)
         return engine
     return create_async_engine(target, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+@contextlib.asynccontextmanager
+async def writing(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A transaction that reads, then writes: ``async with writing(sessions) as s: ...``.
+
+    SQLite's deferred BEGIN takes a read snapshot first; if another connection commits
+    before this one writes, the upgrade fails at once with "database is locked" (the busy
+    timeout cannot help a stale snapshot). BEGIN IMMEDIATE takes the write lock first
+    and waits its turn. PostgreSQL ignores the option.
+    """
+    async with sessions() as s, s.begin():
+        await s.connection(execution_options=IMMEDIATE)
+        yield s

@@ -24,6 +24,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from hub.db.engine import writing
 from hub.db.schema import EnvironmentRow, EnvironmentTeamRow, EnvironmentVersionRow, TeamRow
 from hub.domain.catalog import (
     VERSION_LABEL,
@@ -280,7 +281,7 @@ class SqlCatalog:
         the manifest. Environments created by admins are left alone.
         """
         added: list[tuple[str, str]] = []
-        async with self._sessions.begin() as s:
+        async with writing(self._sessions) as s:
             for name, image in built.items():
                 manifest = image.manifest
                 row = await s.scalar(select(EnvironmentRow).where(EnvironmentRow.name == name))
@@ -390,7 +391,7 @@ class SqlCatalog:
         """A new environment, made by an admin from an image already on the engine."""
         check_policy(name, manifest.default, manifest.maximum, manifest.gpu)
         try:
-            async with self._sessions.begin() as s:
+            async with writing(self._sessions) as s:
                 if await s.scalar(select(EnvironmentRow.id).where(EnvironmentRow.name == name)):
                     raise Conflict(f"environment {name!r} exists; PATCH it, or add a version")
                 row = EnvironmentRow(
@@ -426,7 +427,7 @@ class SqlCatalog:
     ) -> EnvironmentInfo:
         """Record another image for an environment; its runtime settings default to the current
         version's. A label or digest the environment already has is a ``Conflict``."""
-        async with self._sessions.begin() as s:
+        async with writing(self._sessions) as s:
             row = await s.scalar(select(EnvironmentRow).where(EnvironmentRow.name == name))
             if row is None:
                 raise NotFound(f"environment {name!r} is not in the catalog")
@@ -471,7 +472,7 @@ class SqlCatalog:
         version: str | None = None,
     ) -> EnvironmentInfo:
         """Change an environment's policy, teams or current version; ``None`` keeps a field."""
-        async with self._sessions.begin() as s:
+        async with writing(self._sessions) as s:
             row = await s.scalar(select(EnvironmentRow).where(EnvironmentRow.name == name))
             if row is None:
                 raise NotFound(f"environment {name!r} is not in the catalog")
@@ -520,7 +521,7 @@ class SqlCatalog:
             "shm_size": env.shm_size,
             "home": env.home,
         }
-        async with self._sessions.begin() as s:
+        async with writing(self._sessions) as s:
             row = EnvironmentRow(
                 name=env.name,
                 description=env.description,

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub.db.accounts import _user
+from hub.db.engine import writing
 from hub.db.schema import OidcIdentityRow, UserRow
 from hub.domain.accounts import User
 from hub.domain.errors import Conflict
@@ -37,7 +38,7 @@ class SqlIdentityRepo:
         self, name: str, issuer: str, subject: str, *, is_admin: bool, at: datetime
     ) -> User:
         try:
-            async with self._sessions.begin() as s:
+            async with writing(self._sessions) as s:
                 # No password: this user signs in only through the provider.
                 user = UserRow(
                     name=name,
@@ -60,7 +61,7 @@ class SqlIdentityRepo:
         self, issuer: str, subject: str, user_id: int, *, linked_by: int | None, at: datetime
     ) -> None:
         try:
-            async with self._sessions.begin() as s:
+            async with writing(self._sessions) as s:
                 s.add(
                     OidcIdentityRow(
                         user_id=user_id,
@@ -74,7 +75,7 @@ class SqlIdentityRepo:
             raise Conflict("this sign-in is already linked to an account") from None
 
     async def touch(self, issuer: str, subject: str, at: datetime) -> None:
-        async with self._sessions.begin() as s:
+        async with writing(self._sessions) as s:
             row = await s.scalar(
                 select(OidcIdentityRow).where(
                     OidcIdentityRow.issuer == issuer, OidcIdentityRow.subject == subject

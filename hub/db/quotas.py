@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from hub.db.engine import writing
 from hub.db.schema import MembershipRow, QuotaRow, ServerRow, TeamRow, UserRow
 from hub.domain.quotas import Limits
 from hub.domain.records import ACTIVE_STATES
@@ -66,7 +67,7 @@ class SqlQuotaRepo:
         owner = QuotaRow.user_id == user_id if user_id is not None else QuotaRow.team_id == team_id
         for _ in range(2):
             try:
-                async with self._sessions.begin() as s:
+                async with writing(self._sessions) as s:
                     row = await s.scalar(select(QuotaRow).where(owner))
                     if row is None:
                         row = QuotaRow(user_id=user_id, team_id=team_id)

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from hub.db.engine import IMMEDIATE, writing
 from hub.db.schema import EnvironmentRow, MembershipRow, QuotaRow, ServerRow, TeamRow, UserRow
 from hub.domain.quotas import Limits, Usage
 from hub.domain.records import (
@@ -32,7 +33,6 @@ from hub.domain.records import (
 from hub.domain.resources import Resources
 from hub.domain.servers import Endpoint, ServerState
 
-IMMEDIATE = {"labdock_immediate": True}
 ADMISSION_LOCK = 0x1ABD0C  # advisory lock key for PostgreSQL
 _ACTIVE = [s.value for s in ACTIVE_STATES]
 
@@ -246,7 +246,7 @@ class SqlServerRepo:
                 )
 
     async def delete(self, server_id: int) -> None:
-        async with self._sessions.begin() as s:
+        async with writing(self._sessions) as s:
             row = await s.get(ServerRow, server_id)
             if row is not None:
                 await s.delete(row)

@@ -11,6 +11,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from hub.db.engine import writing
 from hub.db.schema import MembershipRow, TeamRow, UserRow
 from hub.domain.accounts import Membership, TeamSummary
 
@@ -29,7 +30,7 @@ class SqlTeamRepo:
                 if found is not None:
                     return int(found)
             try:
-                async with self._sessions.begin() as s:
+                async with writing(self._sessions) as s:
                     row = TeamRow(name=name, created=datetime.now(UTC))
                     s.add(row)
                     await s.flush()
@@ -47,7 +48,7 @@ class SqlTeamRepo:
     async def join(self, user_id: int, team: str, role: str = "member") -> None:
         """Add a user to a team, creating the team if needed."""
         team_id = await self.ensure(team)
-        async with self._sessions.begin() as s:
+        async with writing(self._sessions) as s:
             if await s.get(MembershipRow, (user_id, team_id)) is None:
                 s.add(MembershipRow(user_id=user_id, team_id=team_id, role=role))
 
@@ -83,7 +84,7 @@ class SqlTeamRepo:
 
     async def leave(self, user_id: int, team: str) -> None:
         """Take a user out of a team (the team and its quota stay)."""
-        async with self._sessions.begin() as s:
+        async with writing(self._sessions) as s:
             team_id = await s.scalar(select(TeamRow.id).where(TeamRow.name == team))
             if team_id is not None:
                 await s.execute(
