@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import secrets
@@ -205,6 +206,10 @@ def make_app(
     )
 
 
+# How long closing the hub waits for engine calls already under way.
+ENGINE_DRAIN_SECONDS = 30.0
+
+
 @dataclass
 class Hub:
     """A wired hub: its app plus what must be closed when it stops."""
@@ -253,8 +258,17 @@ class Hub:
         if self.listeners:
             shutil.rmtree(Path(self.hub_socket).parent, ignore_errors=True)
         await self.engine.dispose()
+        # Engine calls already running (a container being created for a launch that was
+        # just cancelled) finish first: whatever they leave behind is then on the engine
+        # for the next start's reconcile, not created after the hub has gone.
+        drain = functools.partial(self.executor.shutdown, wait=True, cancel_futures=True)
+        try:
+            await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(None, drain), ENGINE_DRAIN_SECONDS
+            )
+        except TimeoutError:
+            log.warning("engine calls still running after %.0f s", ENGINE_DRAIN_SECONDS)
         self.docker_client.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def templates() -> Environment:

@@ -69,9 +69,40 @@ def clean_engine(client: docker.DockerClient, hub_id: str) -> None:
                 client.images.remove(tag)
 
 
+# Every hub id handed out in this session, for the sweep at its end.
+SESSION_HUBS: set[str] = set()
+
+
 @pytest.fixture
 def hub_id() -> str:
-    return "t" + secrets.token_hex(5)
+    made = "t" + secrets.token_hex(5)
+    SESSION_HUBS.add(made)
+    return made
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sweep_session_hubs(docker_client: docker.DockerClient) -> Iterator[None]:
+    """After the last test, remove anything a hub of this session left on the engine
+    (each test cleans its own; this catches what a late engine call created after that),
+    and say so, so that a leak is seen rather than silently absorbed."""
+    yield
+    leftovers = []
+    test = {"label": ["labdock.test=1"]}
+    kinds: list[tuple[str, Any, Any]] = [
+        ("container", docker_client.containers.list(all=True, filters=test),
+         lambda c: c.remove(force=True)),
+        ("volume", docker_client.volumes.list(filters=test), lambda v: v.remove(force=True)),
+        ("network", docker_client.networks.list(filters=test), lambda n: n.remove()),
+    ]
+    for kind, found, remove in kinds:
+        for thing in found:
+            labels = thing.attrs.get("Labels") or thing.attrs.get("Config", {}).get("Labels") or {}
+            if labels.get("labdock.hub") in SESSION_HUBS:
+                leftovers.append(f"{kind} {thing.name}")
+                with contextlib.suppress(docker.errors.APIError):
+                    remove(thing)
+    if leftovers:
+        print(f"\nswept {len(leftovers)} leftovers of this session: {', '.join(leftovers)}")
 
 
 @pytest.fixture
