@@ -32,7 +32,8 @@ from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 from hub.app import Hub, build_hub
 from hub.config import Settings
 from hub.domain.catalog import Environment
-from hub.domain.resources import GiB, MiB, Resources
+from hub.domain.resources import MiB, Resources
+from tests.test_servers_api import busybox_env
 
 T = TypeVar("T")
 
@@ -145,24 +146,14 @@ class BrowserHub:
 def busybox_environment(
     image: str, name: str = "busybox", command: tuple[str, ...] = ("/app/start",), **fields: Any
 ) -> Environment:
-    """A catalog entry over the busybox test image (see tests/busybox_image.py)."""
-    values: dict[str, Any] = dict(
-        id=0,
-        name=name,
-        description="A tiny web app for tests.",
-        version="1.0",
-        image=image,
-        port=8080,
-        command=command,
-        keep_prefix=True,
-        readiness_path="",
-        default=Resources(cpus=0.5, memory=128 * MiB),
-        maximum=Resources(cpus=2, memory=1 * GiB),
-        pids_limit=64,
-        shm_size=16 * MiB,
-    )
+    """A catalog entry over the busybox test image, worded for the pages' screenshots."""
+    values: dict[str, Any] = {
+        "description": "A tiny web app for tests.",
+        "version": "1.0",
+        "default": Resources(cpus=0.5, memory=128 * MiB),
+    }
     values.update(fields)
-    return Environment(**values)
+    return busybox_env(image, name, command, **values)
 
 
 def login(page: Page, hub: BrowserHub, name: str, password: str = PASSWORD) -> None:
