@@ -374,6 +374,15 @@ async def _prepare_labdock_db(db_url: str, image_id: str, env_name: str, environ
     return await create_token(settings, "bench", None, None)
 
 
+def runtime_expected(client: docker.DockerClient, image_id: str) -> bool:
+    """Whether ``labdock serve`` (runtime_volumes = "auto") will use runtime volumes here."""
+    from hub.backends.docker_runtime import UNSHARED_DRIVERS, runtime_paths
+
+    labels = client.images.get(image_id).attrs.get("Config", {}).get("Labels")
+    driver = str(client.info().get("Driver") or "")
+    return driver in UNSHARED_DRIVERS and bool(runtime_paths(labels))
+
+
 def start_labdock(run: Run, image_id: str, environment: str) -> LabdockHub:
     """``labdock serve`` on a free port with its own SQLite, quotas that allow 20 servers."""
     data = run.workdir / "labdock"

@@ -17,7 +17,11 @@ contender's proxy**:
 - **labdock**: ``labdock serve`` (own SQLite, quotas that allow the burst);
   ``POST /hub/api/users/bench/servers/<s>`` answers 201 once ready (202: the
   progress stream is followed), then ``GET /user/bench/<s>/api/status`` through
-  the hub's proxy until 200.
+  the hub's proxy until 200. Where the storage driver gives every container cold
+  caches (``fuse-overlayfs``), the hub serves the image's venv and standard library
+  from read-only runtime volumes it copies once per image
+  (``hub/backends/docker_runtime.py``); the warm-up waits until servers use them.
+  raw and JupyterHub start the image as it is.
 - **jupyterhub**: JupyterHub 6.1.1 + DockerSpawner 14.0.0 + the Python
   configurable-http-proxy 0.4.0; ``POST /hub/api/users/bench/servers/<s>`` (202:
   the progress stream is followed), then ``GET /user/bench/<s>/api/status``
@@ -314,12 +318,49 @@ class Labdock:
 
     name = "labdock"
 
-    def __init__(self, hub: setup.LabdockHub, *, poll: float, proxy: bool | None) -> None:
-        """``proxy``: end through the hub's proxy; None: find out at the first launch."""
+    def __init__(
+        self,
+        hub: setup.LabdockHub,
+        client: docker.DockerClient,
+        *,
+        poll: float,
+        proxy: bool | None,
+        runtime_expected: bool,
+    ) -> None:
+        """``proxy``: end through the hub's proxy; None: find out at the first launch.
+        ``runtime_expected``: the hub will serve the image's trees from runtime volumes."""
         self._hub = hub
+        self._client = client
         self._poll = poll
         self.proxy = proxy
+        self.runtime_expected = runtime_expected
+        self.runtime_used = False
         self.groups = {hub.pid: "labdock hub"}
+
+    def _mounts_runtime_volumes(self) -> bool:
+        """Whether the hub's running server mounts runtime volumes (blocking)."""
+        hub = {"label": [f"labdock.hub={self._hub.hub_id}"]}
+        return any(
+            m.get("Name", "").startswith(f"labdock-{self._hub.hub_id}-rt-")
+            for c in self._client.containers.list(filters=hub)
+            for m in c.attrs.get("Mounts") or []
+        )
+
+    async def warm_up(self, within: float = 300.0) -> None:
+        """Launch until the server runs as users get it: from runtime volumes, once the hub
+        has copied the image's trees (it begins at start; about 10 s for this image)."""
+        deadline = time.monotonic() + within
+        while True:
+            await self.launch("warmup")
+            self.runtime_used = await asyncio.to_thread(self._mounts_runtime_volumes)
+            await self.stop("warmup")
+            if self.runtime_used or not self.runtime_expected:
+                return
+            if time.monotonic() > deadline:
+                setup.say(f"labdock: no runtime volumes after {within:.0f} s; measuring without")
+                return
+            setup.say("labdock: the hub is still copying the image's runtime trees; waiting")
+            await asyncio.sleep(3)
 
     def _api(self, server: str) -> str:
         return f"{self._hub.url}/hub/api/users/{self._hub.user}/servers/{server}"
@@ -419,6 +460,9 @@ async def sequential(contenders: list[Contender], rounds: int, results: dict[str
     """
     for contender in contenders:
         setup.say(f"{contender.name}: warm-up launch")
+        if isinstance(contender, Labdock):
+            await contender.warm_up()
+            continue
         await contender.launch("warmup")
         await contender.stop("warmup")
     for i in range(rounds):
@@ -488,6 +532,8 @@ def report(
         "rounds": args.rounds,
         "burst": args.burst,
         "labdock_end": labdock_end,
+        "labdock_runtime_volumes": args.runtime_volumes,
+        "storage_driver": args.storage_driver,
         "burst_cpu_s": {n: r.burst_cpu for n, r in results.items() if r.burst_cpu},
     }
     goals = [
@@ -521,6 +567,15 @@ def report(
             f"note: other work shared the machine ({args.busy_before:.0%} busy before the run, "
             f"'other' up to {other_share:.0%} of the CPU in a burst, {args.others} containers "
             "of others running); the figures are noisy"
+        )
+    if "labdock" in results:
+        lines.append(
+            f"storage driver {args.storage_driver}: labdock's servers "
+            + (
+                "read the image's venv and standard library from runtime volumes"
+                if args.runtime_volumes
+                else "start from the image alone, as raw's and JupyterHub's do"
+            )
         )
     if labdock_end != "proxy" and "labdock" in results:
         lines.append(
@@ -556,7 +611,10 @@ async def run_all(run: setup.Run, args: argparse.Namespace, results: dict[str, R
                 hub = await asyncio.to_thread(setup.start_labdock, run, image_id, args.environment)
                 stack.push_async_callback(asyncio.to_thread, setup.stop_labdock, run, hub)
                 proxy = {"proxy": True, "api": False}.get(args.labdock_end)
-                labdock = Labdock(hub, poll=args.poll, proxy=proxy)
+                expected = await asyncio.to_thread(setup.runtime_expected, client, image_id)
+                labdock = Labdock(
+                    hub, client, poll=args.poll, proxy=proxy, runtime_expected=expected
+                )
                 contenders.append(labdock)
             elif name == "jupyterhub":
                 setup.say("starting JupyterHub")
@@ -575,6 +633,7 @@ async def run_all(run: setup.Run, args: argparse.Namespace, results: dict[str, R
         await sequential(contenders, args.rounds, results)
         if labdock is not None:
             args.labdock_used = "proxy" if labdock.proxy else "api"
+            args.runtime_volumes = labdock.runtime_used
         for contender in contenders if args.burst else []:
             await asyncio.sleep(args.settle)
             await burst_of(contender, args.burst, results[contender.name])
@@ -639,6 +698,8 @@ def main(argv: list[str]) -> int:
     setup.remove_stale(client)
     args.busy_before = setup.busy_fraction(3.0)
     args.others = len(client.containers.list())
+    args.storage_driver = str(client.info().get("Driver") or "")
+    args.runtime_volumes = False
     workdir = Path(tempfile.mkdtemp(prefix="labdock-bench-spawn-"))
     run = setup.Run(client=client, run_id=secrets.token_hex(6), workdir=workdir)
     setup.say(f"run {run.run_id}; logs in {workdir}")

@@ -301,7 +301,13 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
     accounts = Accounts(SqlAccountRepo(sessions), Argon2Hasher(), SystemClock())
     hub_id = settings.hub.id or await hub_identity(sessions)
     admin_password = await accounts.ensure_admin(settings.hub.admin_user)
-    backend = DockerBackend(client, hub_id=hub_id, executor=executor, extra_labels=settings.labels)
+    backend = DockerBackend(
+        client,
+        hub_id=hub_id,
+        executor=executor,
+        extra_labels=settings.labels,
+        runtime_volumes=settings.backend.runtime_volumes,
+    )
     catalog = SqlCatalog(sessions)
     await seed_catalog(catalog, client, executor)
     servers = SqlServerRepo(sessions)
@@ -405,6 +411,10 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
     )
     built.tasks.append(
         asyncio.create_task(flush_forever(activity, servers, tick=5.0), name="activity")
+    )
+    offered = [env.image for env in await catalog.all() if env.launchable]
+    built.tasks.append(
+        asyncio.create_task(backend.prepare_runtime(offered), name="runtime-volumes")
     )
     try:
         yield built

@@ -68,6 +68,10 @@ class BackendSettings:
     stop_grace: float = 10.0
     # Extra labels on everything labdock creates, "key=value,key=value".
     labels: str = ""
+    # Serve the directories an image lists in its labdock.runtime-paths label from
+    # read-only volume copies: "auto" when the storage driver (fuse-overlayfs, vfs) makes
+    # every container read its image with cold caches. Costs the copies' disk space.
+    runtime_volumes: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,9 @@ def settings(
     yield Settings(
         hub=HubSettings(data_dir=tmp_path / "data", cookie_secret="test-" + "x" * 40, id=hub_id),
         db=DbSettings(url=db_url),
-        backend=BackendSettings(labels="labdock.test=1", stop_grace=2.0),
+        # Runtime volumes copy whole environments: tests/test_runtime_volumes.py and the
+        # environment tests turn them on, and wait for the copies before they end.
+        backend=BackendSettings(labels="labdock.test=1", stop_grace=2.0, runtime_volumes="off"),
         capacity=CapacitySettings(gpus=""),
     )
     clean_engine(docker_client, hub_id)

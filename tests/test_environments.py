@@ -17,6 +17,7 @@ import re
 import secrets
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -46,6 +47,9 @@ IMAGES = Path(__file__).resolve().parent.parent / "images"
 SHARED_JUPYTER_FILES = ("start.sh", "labdock_identity.py")
 USER = "ada"
 LABEL = {"labdock.test": "1"}
+# Copying the four environments' runtime trees (about 3 GB) on a loaded CI machine.
+RUNTIME_COPIES_WITHIN = 900.0
+RUNTIME_PATHS = ("/opt/labdock", "/usr/lib/python3.11")
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 shared_loop = pytest.mark.asyncio(loop_scope="module")
@@ -85,7 +89,9 @@ def module_settings(
             launch_timeout=180.0,
         ),
         db=DbSettings(url=module_db_url),
-        backend=BackendSettings(labels="labdock.test=1", stop_grace=5.0),
+        # The environments run as users get them on this engine's storage driver: from
+        # read-only runtime volumes (made once by the hub at start; the lab waits for them).
+        backend=BackendSettings(labels="labdock.test=1", stop_grace=5.0, runtime_volumes="on"),
         capacity=CapacitySettings(cpus=8, memory=16 * 1024**3, gpus=""),
     )
     clean_engine(docker_client, hub_id)
@@ -146,6 +152,7 @@ class Lab:
         while True:
             model = await self.server_model(server)
             if model["ready"]:
+                self.assert_runtime_volumes(server)
                 return model
             assert model["state"] in ("starting", "running"), (
                 f"{environment} did not start: {model['state']}: {model['stopped_reason']}"
@@ -163,6 +170,25 @@ class Lab:
         response = await self.api("DELETE", f"/users/{USER}/servers/{server}", {"remove": True})
         assert response.code in (202, 204), response.body
 
+    def assert_runtime_volumes(self, server: str) -> None:
+        """The server reads its venv and standard library from read-only runtime volumes."""
+        host = urllib.parse.urlsplit(self.target(server)).hostname
+        engine = docker.from_env()
+        try:
+            hub = {"label": [f"labdock.hub={self.hub.hub.hub_id}"]}
+            found = [
+                c for c in engine.containers.list(filters=hub)
+                if any(n.get("IPAddress") == host
+                       for n in c.attrs["NetworkSettings"]["Networks"].values())
+            ]
+        finally:
+            engine.close()
+        assert len(found) == 1, f"no single container at {host}"
+        mounts = {m["Destination"]: m for m in found[0].attrs["Mounts"]}
+        for path in RUNTIME_PATHS:
+            assert path in mounts, f"{server}: {path} is not a runtime volume: {sorted(mounts)}"
+            assert mounts[path]["Type"] == "volume" and not mounts[path]["RW"], mounts[path]
+
     def target(self, server: str) -> str:
         """The container's own address (``http://ip:port``), from the hub's route table."""
         for route in self.hub.hub.routes:
@@ -175,6 +201,8 @@ class Lab:
 async def lab(module_settings: Settings, docker_client: docker.DockerClient) -> AsyncIterator[Lab]:
     try:
         async with build_hub(module_settings) as built:
+            copies = next(t for t in built.tasks if t.get_name() == "runtime-volumes")
+            await asyncio.wait_for(asyncio.shield(copies), RUNTIME_COPIES_WITHIN)
             sock, port = tornado.testing.bind_unused_port()
             server = tornado.httpserver.HTTPServer(built.app)
             server.add_sockets([sock])

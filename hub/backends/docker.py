@@ -40,6 +40,12 @@ Decisions worth knowing:
   (``ExitWatcher``: one subscription shared by all launches), not by polling
   ``inspect``. A launch costs what ``containers.create`` + ``start`` + one
   ``inspect`` (for the address) cost, and nothing while it waits.
+- **Runtime volumes.** Where the storage driver gives each container cold
+  caches (``fuse-overlayfs``), the directories an image lists in its
+  ``labdock.runtime-paths`` label are mounted read-only from volume copies that
+  the hub makes once per image (``docker_runtime``): a jupyter_server then
+  starts in 0.47 s instead of 0.78 s. Until a copy is ready, servers start
+  from the image alone.
 """
 
 from __future__ import annotations
@@ -54,8 +60,9 @@ import math
 import re
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import docker
@@ -63,10 +70,12 @@ import docker.errors as derr
 import requests
 from docker.models.containers import Container
 from docker.types import LogConfig
+from docker.types import Mount as DockerMount
 
 from hub.backends.docker_config import (
     HUB_LABEL,
     PORT_LABEL,
+    ROLE_LABEL,
     SERVER_LABEL,
     SPEC_LABEL,
     USER_LABEL,
@@ -77,6 +86,7 @@ from hub.backends.docker_config import (
 )
 from hub.backends.docker_events import ExitWatcher, container_events
 from hub.backends.docker_network import bridge_name, ensure_network
+from hub.backends.docker_runtime import Mode, RuntimeImage, RuntimeVolumes, runtime_paths
 from hub.backends.docker_volumes import HubVolumes
 from hub.backends.readiness import readiness_path, wait_until_ready
 from hub.domain.errors import (
@@ -120,6 +130,8 @@ def _observe(client: docker.DockerClient, hub_id: str, network: str) -> list[Obs
     summaries = client.api.containers(all=True, filters={"label": f"{HUB_LABEL}={hub_id}"})
     for summary in summaries:
         labels = summary.get("Labels") or {}
+        if ROLE_LABEL in labels:
+            continue  # a helper of the hub's (a volume measurer, a runtime copier)
         try:
             server_id, user_id = int(labels[SERVER_LABEL]), int(labels[USER_LABEL])
             port = int(labels[PORT_LABEL])
@@ -147,6 +159,14 @@ def _observe(client: docker.DockerClient, hub_id: str, network: str) -> list[Obs
     return found
 
 
+@dataclass(frozen=True)
+class _Image:
+    """What a launch needs of an image, looked up once: its ``USER`` and shareable trees."""
+
+    user: str
+    runtime: RuntimeImage
+
+
 async def _emit(progress: ProgressSink, event: ProgressEvent) -> None:
     result = progress(event)
     if inspect.isawaitable(result):
@@ -168,6 +188,7 @@ class DockerBackend:
         log_max_files: int = 3,
         internal: bool = True,
         init: bool | None = None,
+        runtime_volumes: Mode = "auto",
     ) -> None:
         if not _HUB_ID.match(hub_id):
             raise ConfigError(
@@ -187,9 +208,16 @@ class DockerBackend:
         self._network_ready = False
         self._network_lock = asyncio.Lock()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._image_users: dict[str, str] = {}
+        self._images: dict[str, _Image] = {}
         self._volumes = HubVolumes(
             client, hub_id=hub_id, call=self._call, extra_labels=self._extra_labels
+        )
+        self._runtime = RuntimeVolumes(
+            client,
+            hub_id=hub_id,
+            call=self._call,
+            extra_labels=self._extra_labels,
+            mode=runtime_volumes,
         )
         self._exits = ExitWatcher(client, hub_id=hub_id)
 
@@ -254,8 +282,29 @@ class DockerBackend:
         """Delete a user's home volume (an explicit admin action). Missing is fine."""
         await self._volumes.remove_home(user_id)
 
+    async def prepare_runtime(self, images: Iterable[str]) -> None:
+        """Drop runtime volumes of vanished images, then make those of ``images`` (in turn).
+
+        Launches do not wait for this: until an image's copies are complete its
+        servers start from the image itself (``docker_runtime``).
+        """
+        await self._runtime.prune()
+        found = []
+        for image in images:
+            try:
+                found.append((await self._image(image)).runtime)
+            except LaunchFailed as exc:
+                log.info("no runtime volumes for %s: %s", image, exc.message)
+        await self._runtime.prepare(found)
+
+    def runtime_ready(self, image: str) -> bool:
+        """Whether servers of ``image`` (as launched: its id or tag) mount runtime volumes."""
+        known = self._images.get(image)
+        return known is not None and self._runtime.ready(known.runtime.id)
+
     async def close(self) -> None:
-        """Close the engine event subscription that launches share."""
+        """Close the engine event subscription, and stop making runtime volumes."""
+        await self._runtime.close()
         await self._exits.close()
 
     # -- start ---------------------------------------------------------------------------------
@@ -286,12 +335,18 @@ class DockerBackend:
         # learned at once without asking the engine again and again.
         subscribed = asyncio.ensure_future(self._exits.subscribe())
         try:
-            image_user = await self._image_user(spec.image)
+            image = await self._image(spec.image)
+            image_user = image.user
             await _emit(progress, ProgressEvent(10, f"image {spec.image} is ready"))
             await _emit(progress, ProgressEvent(20, "creating the container"))
-            await asyncio.gather(self.ensure_network(), self._volumes.ensure_home(spec))
+            avoid = (spec.home, *(m.target for m in spec.mounts))
+            _, _, runtime = await asyncio.gather(
+                self.ensure_network(),
+                self._volumes.ensure_home(spec),
+                self._runtime.mounts(image.runtime, avoid),
+            )
             await self._volumes.ensure_mounts(spec, image_user)
-            container, adopted = await self._create_or_adopt(spec, image_user)
+            container, adopted = await self._create_or_adopt(spec, image_user, runtime)
             if adopted:
                 await _emit(progress, ProgressEvent(40, "the container is already running"))
                 await asyncio.wait({subscribed}, timeout=SUBSCRIBE_WAIT)
@@ -299,7 +354,7 @@ class DockerBackend:
             else:
                 await _emit(progress, ProgressEvent(40, "starting the container"))
                 await asyncio.wait({subscribed}, timeout=SUBSCRIBE_WAIT)
-                container = await self._start_container(container, spec, image_user)
+                container = await self._start_container(container, spec, image_user, runtime)
             await _emit(progress, ProgressEvent(60, "waiting for the app to answer"))
             endpoint = await self._wait_ready(container, spec, deadline)
         finally:
@@ -310,9 +365,10 @@ class DockerBackend:
         await _emit(progress, ProgressEvent(100, f"ready at {endpoint.url}", ready=True))
         return endpoint
 
-    async def _image_user(self, image: str) -> str:
-        """The image's ``USER``; remembered, since an image (pinned by id) never changes."""
-        known = self._image_users.get(image)
+    async def _image(self, image: str) -> _Image:
+        """The image's ``USER`` and runtime paths; remembered, as an image (pinned by id)
+        never changes."""
+        known = self._images.get(image)
         if known is not None:
             return known
         try:
@@ -324,22 +380,28 @@ class DockerBackend:
         except derr.APIError as exc:
             raise LaunchFailed(f"could not inspect image {image}: {_explain(exc)}") from exc
         config = found.attrs.get("Config") or {}
-        user = self._image_users[image] = str(config.get("User") or "")
-        return user
+        facts = _Image(
+            user=str(config.get("User") or ""),
+            runtime=RuntimeImage(str(found.id), runtime_paths(config.get("Labels"))),
+        )
+        self._images[image] = facts
+        return facts
 
-    async def _create_or_adopt(self, spec: ServerSpec, image_user: str) -> tuple[Container, bool]:
+    async def _create_or_adopt(
+        self, spec: ServerSpec, image_user: str, runtime: Sequence[DockerMount] = ()
+    ) -> tuple[Container, bool]:
         """A new container, or the running one to adopt (``True``).
 
         Creating first saves a lookup on the usual path; the name is taken only
         when a container of this server is left over or already running.
         """
         try:
-            return await self._create(spec, image_user), False
+            return await self._create(spec, image_user, runtime), False
         except Conflict:
             existing = await self._existing(spec)  # removes a stopped one
             if existing is not None:
                 return existing, True
-            return await self._create(spec, image_user), False
+            return await self._create(spec, image_user, runtime), False
 
     async def _existing(self, spec: ServerSpec) -> Container | None:
         """The running container to adopt, or None after clearing a stopped one."""
@@ -362,7 +424,9 @@ class DockerBackend:
         await self._remove(container)
         return None
 
-    async def _create(self, spec: ServerSpec, image_user: str) -> Container:
+    async def _create(
+        self, spec: ServerSpec, image_user: str, runtime: Sequence[DockerMount] = ()
+    ) -> Container:
         args = create_args(
             spec,
             network=self._network,
@@ -370,6 +434,7 @@ class DockerBackend:
             init=self._use_init,
             extra_labels=self._extra_labels,
             log_config=self._log_config,
+            runtime_mounts=runtime,
         )
         try:
             try:
@@ -381,7 +446,7 @@ class DockerBackend:
                 await self.ensure_network()
                 return await self._call(self._client.containers.create, **args)
         except derr.ImageNotFound as exc:
-            self._image_users.pop(spec.image, None)
+            self._images.pop(spec.image, None)
             raise LaunchFailed(
                 f"image {spec.image} is not built; "
                 f"run `labdock images build {environment_name(spec.image)}`"
@@ -396,7 +461,12 @@ class DockerBackend:
             ) from exc
 
     async def _start_container(
-        self, container: Container, spec: ServerSpec, image_user: str, retries: int = 2
+        self,
+        container: Container,
+        spec: ServerSpec,
+        image_user: str,
+        runtime: Sequence[DockerMount] = (),
+        retries: int = 2,
     ) -> Container:
         try:
             await self._call(container.start)
@@ -404,8 +474,10 @@ class DockerBackend:
             reason = _explain(exc)
             if retries and await self._recoverable(reason):
                 await self._remove(container)
-                container = await self._create(spec, image_user)
-                return await self._start_container(container, spec, image_user, retries - 1)
+                container = await self._create(spec, image_user, runtime)
+                return await self._start_container(
+                    container, spec, image_user, runtime, retries - 1
+                )
             if spec.gpu_device_ids and "device driver" in reason:
                 reason = (
                     f"GPUs {', '.join(spec.gpu_device_ids)} were requested but the engine "

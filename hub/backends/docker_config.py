@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -27,6 +27,8 @@ USER_LABEL = "labdock.user"
 SERVER_LABEL = "labdock.server"
 PORT_LABEL = "labdock.port"
 SPEC_LABEL = "labdock.spec"
+# What a container or volume that is not a server or a home is for (helpers, copies).
+ROLE_LABEL = "labdock.role"
 DEFAULT_USER = "1000:1000"
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
@@ -106,18 +108,22 @@ def create_args(
     init: bool,
     extra_labels: Mapping[str, str] | None = None,
     log_config: LogConfig | None = None,
+    runtime_mounts: Sequence[DockerMount] = (),
 ) -> dict[str, Any]:
     """Keyword arguments for ``client.containers.create``: limits, hardening, mounts.
 
     No port is published and no host path is mounted; the container joins only
     ``network``. Memory and memory+swap are the same limit, so the server
     cannot swap. GPUs are requested by device id, and only when the spec names some.
+    ``runtime_mounts``: read-only copies of the image's own directories
+    (``docker_runtime``), which change nothing the server can see but its speed.
     """
     mounts = [DockerMount(target=spec.home, source=spec.home_volume, type="volume")]
     mounts += [
         DockerMount(target=m.target, source=m.volume, type="volume", read_only=m.read_only)
         for m in spec.mounts
     ]
+    mounts += runtime_mounts
     args: dict[str, Any] = {
         "image": spec.image,
         "command": list(spec.command) or None,

@@ -32,14 +32,13 @@ import docker.errors as derr
 import requests
 from docker.types import LogConfig, Mount
 
-from hub.backends.docker_config import HUB_LABEL, USER_LABEL
+from hub.backends.docker_config import HUB_LABEL, ROLE_LABEL, USER_LABEL
 from hub.domain.errors import BackendUnavailable, ConfigError
 from hub.domain.storage import VolumeUse
 
 log = logging.getLogger(__name__)
 
 TEAM_LABEL = "labdock.team"
-ROLE_LABEL = "labdock.role"
 BASE_REPOSITORY = "labdock/base"
 # Volumes per helper container: keeps the command line and the mount table small.
 BATCH = 64
@@ -120,7 +119,9 @@ class DockerVolumeMeter:
         return str(newest.tags[0] if newest.tags else newest.id)
 
     def _measure(self) -> list[VolumeUse]:
-        volumes = self._client.volumes.list(filters={"label": f"{HUB_LABEL}={self._hub_id}"})
+        listed = self._client.volumes.list(filters={"label": f"{HUB_LABEL}={self._hub_id}"})
+        # Homes and team volumes; not the runtime copies of images (docker_runtime.py).
+        volumes = [v for v in listed if ROLE_LABEL not in (v.attrs.get("Labels") or {})]
         if not volumes:
             return []
         image = self.helper_image()
