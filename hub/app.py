@@ -230,6 +230,7 @@ class Hub:
     hub_socket: str = ""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     listeners: list[tornado.httpserver.HTTPServer] = field(default_factory=list)
+    backend: DockerBackend | None = None
 
     async def listen(self, port: int, address: str) -> int:
         """Serve on ``address:port`` (0: a free port): the front there, tornado behind it."""
@@ -408,14 +409,14 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
         upstream=upstream,
         front=front,
         hub_socket=hub_socket,
+        backend=backend,
     )
     built.tasks.append(
         asyncio.create_task(flush_forever(activity, servers, tick=5.0), name="activity")
     )
     offered = [env.image for env in await catalog.all() if env.launchable]
-    built.tasks.append(
-        asyncio.create_task(backend.prepare_runtime(offered), name="runtime-volumes")
-    )
+    checking = backend.prepare_runtime(offered, only_copied=True)
+    built.tasks.append(asyncio.create_task(checking, name="runtime-volumes"))
     try:
         yield built
     finally:

@@ -20,6 +20,13 @@ from hub.db.migrate import head_revision
 LABDOCK = [sys.executable, "-m", "hub.cli"]
 
 
+# No runtime volumes: a hub started here would begin copying every built environment.
+HUB_ENV = {
+    "PYTHONPATH": str(Path(__file__).parent.parent),
+    "LABDOCK_BACKEND_RUNTIME_VOLUMES": "off",
+}
+
+
 def run(*args: str, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     return subprocess.run(
         [*LABDOCK, *args],
@@ -28,7 +35,7 @@ def run(*args: str, cwd: Path, stdin: str | None = None, env: dict[str, str] | N
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), **(env or {})},
+        env={**os.environ, **HUB_ENV, **(env or {})},
     )
 
 
@@ -99,7 +106,7 @@ def _serve_until_ready(tmp_path: Path, port: int) -> tuple[subprocess.Popen[str]
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        env={**os.environ, **HUB_ENV},
     )
     assert proc.stdout is not None
     lines: queue.Queue[str] = queue.Queue()

@@ -89,8 +89,8 @@ def module_settings(
             launch_timeout=180.0,
         ),
         db=DbSettings(url=module_db_url),
-        # The environments run as users get them on this engine's storage driver: from
-        # read-only runtime volumes (made once by the hub at start; the lab waits for them).
+        # The environments run as users get them on a fuse-overlayfs engine: from
+        # read-only runtime volumes (made for each image once; the lab waits for them).
         backend=BackendSettings(labels="labdock.test=1", stop_grace=5.0, runtime_volumes="on"),
         capacity=CapacitySettings(cpus=8, memory=16 * 1024**3, gpus=""),
     )
@@ -201,8 +201,11 @@ class Lab:
 async def lab(module_settings: Settings, docker_client: docker.DockerClient) -> AsyncIterator[Lab]:
     try:
         async with build_hub(module_settings) as built:
-            copies = next(t for t in built.tasks if t.get_name() == "runtime-volumes")
-            await asyncio.wait_for(asyncio.shield(copies), RUNTIME_COPIES_WITHIN)
+            # Copied at first launch; made here at once, so that every test sees them.
+            assert built.backend is not None
+            offered = [e.image for e in await built.deps.catalog.all() if e.launchable]
+            copying = built.backend.prepare_runtime(offered)
+            await asyncio.wait_for(copying, RUNTIME_COPIES_WITHIN)
             sock, port = tornado.testing.bind_unused_port()
             server = tornado.httpserver.HTTPServer(built.app)
             server.add_sockets([sock])

@@ -31,7 +31,7 @@ import tornado.web
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from hub.app import build_hub, make_routes
-from hub.config import DbSettings, HubSettings, Settings
+from hub.config import BackendSettings, DbSettings, HubSettings, Settings
 from hub.domain.accounts import Accounts
 from hub.domain.activity import ActivityTracker
 from hub.domain.routes import Route, RouteTable
@@ -252,6 +252,7 @@ async def shared_hub(
     settings = Settings(
         hub=HubSettings(data_dir=data, cookie_secret="test-" + "x" * 40),
         db=DbSettings(url=f"sqlite:///{data / 'labdock.sqlite'}"),
+        backend=BackendSettings(labels="labdock.test=1", runtime_volumes="off"),
     )
     async with build_hub(settings) as built:
         routes = RouteTable()

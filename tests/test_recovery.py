@@ -149,6 +149,7 @@ def start_hub(settings: Settings, port: int, cwd: Path) -> subprocess.Popen[byte
         "LABDOCK_HUB_LAUNCH_WAIT": "0",
         "LABDOCK_HUB_MAX_CONCURRENT_LAUNCHES": "32",
         "LABDOCK_BACKEND_LABELS": "labdock.test=1",
+        "LABDOCK_BACKEND_RUNTIME_VOLUMES": "off",
         "LABDOCK_QUOTA_SERVERS": "50",
         "LABDOCK_QUOTA_MEMORY": "100G",
         "LABDOCK_QUOTA_CPUS": "100",

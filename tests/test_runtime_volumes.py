@@ -286,6 +286,34 @@ async def test_a_copy_removed_behind_the_hubs_back_is_not_mounted_and_is_made_ag
 
 
 @pytest.mark.docker
+async def test_a_restarted_hub_checks_earlier_copies_and_copies_nothing_new(
+    client: docker.DockerClient,
+    backend: DockerBackend,
+    hub_id: str,
+    executor: ThreadPoolExecutor,
+    labelled: str,
+) -> None:
+    await backend.prepare_runtime([labelled])
+    await backend.close()
+    never_launched = build_image(client, "/opt/app")
+    again = DockerBackend(
+        client, hub_id=hub_id, executor=executor, extra_labels=TEST_LABELS, runtime_volumes="on"
+    )
+    try:
+        await again.prepare_runtime([labelled, never_launched], only_copied=True)
+        assert again.runtime_ready(labelled)
+        assert not again.runtime_ready(never_launched)
+        role = {"label": [f"labdock.hub={hub_id}", "labdock.role=runtime"]}
+        copied = {v.attrs["Labels"][IMAGE_LABEL] for v in client.volumes.list(filters=role)}
+        assert copied == {labelled}
+        endpoint = await again.start(make_spec(labelled, hub_id), quiet)
+        assert set(runtime_mounts(client, endpoint.container_id)) == {"/opt/app"}
+    finally:
+        await again.close()
+        remove_image(client, never_launched)
+
+
+@pytest.mark.docker
 async def test_copies_of_an_image_that_is_gone_are_pruned_and_those_in_use_kept(
     client: docker.DockerClient, backend: DockerBackend, hub_id: str, labelled: str
 ) -> None:

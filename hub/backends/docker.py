@@ -282,8 +282,9 @@ class DockerBackend:
         """Delete a user's home volume (an explicit admin action). Missing is fine."""
         await self._volumes.remove_home(user_id)
 
-    async def prepare_runtime(self, images: Iterable[str]) -> None:
-        """Drop runtime volumes of vanished images, then make those of ``images`` (in turn).
+    async def prepare_runtime(self, images: Iterable[str], *, only_copied: bool = False) -> None:
+        """Drop runtime volumes of vanished images, then make those of ``images`` (in turn);
+        ``only_copied``: only check those made before (what a hub does at start).
 
         Launches do not wait for this: until an image's copies are complete its
         servers start from the image itself (``docker_runtime``).
@@ -295,7 +296,7 @@ class DockerBackend:
                 found.append((await self._image(image)).runtime)
             except LaunchFailed as exc:
                 log.info("no runtime volumes for %s: %s", image, exc.message)
-        await self._runtime.prepare(found)
+        await self._runtime.prepare(found, only_copied=only_copied)
 
     def runtime_ready(self, image: str) -> bool:
         """Whether servers of ``image`` (as launched: its id or tag) mount runtime volumes."""

@@ -2,7 +2,8 @@
 
     runtime = RuntimeVolumes(client, hub_id="h1", call=backend_call, extra_labels={}, mode="auto")
     mounts = await runtime.mounts(image)     # [] until the copies are ready; starts making them
-    await runtime.prepare([image])           # make them now (the hub does, for offered images)
+    await runtime.prepare([image])           # make them now
+    await runtime.prepare(offered, only_copied=True)   # at start: check the earlier copies
     await runtime.prune()                    # drop the copies of images that are gone
 
 Why: with the ``fuse-overlayfs`` storage driver (rootless engines, Docker in Docker,
@@ -23,9 +24,11 @@ How a copy is made, once per image and path: a volume named from the hub, the im
 and the path; a container of the image that mounts it at the path, created but never
 started, so that the engine copies the image's files into the empty volume; then a
 marker file in the volume. A volume without the marker is an interrupted copy, and is
-made again. Servers mount the copies read-only, and only once the marker is there: until
-then, and whenever a copy has gone (``docker volume prune``), they start from the image
-as usual, only slower. Copies are counted by nobody's storage quota.
+made again. An image is copied when a server of it is first launched, so that only
+environments in use take disk space; at start a hub checks the copies it made before.
+Servers mount the copies read-only, and only once the marker is there: until then, and
+whenever a copy has gone (``docker volume prune``), they start from the image as usual,
+only slower. Copies are counted by nobody's storage quota.
 """
 
 from __future__ import annotations
@@ -191,10 +194,17 @@ class RuntimeVolumes:
             self._checked[image.id] = time.monotonic()
         return [m for m in ready if not overlaps(str(m["Target"]), avoid)]
 
-    async def prepare(self, images: Iterable[RuntimeImage]) -> None:
-        """Make the copies of these images now, one image after the other."""
+    async def prepare(self, images: Iterable[RuntimeImage], *, only_copied: bool = False) -> None:
+        """Make the copies of these images now, one image after the other.
+
+        ``only_copied``: only check (and complete) those of images copied before, as a
+        hub does at start; the others are copied at their first launch.
+        """
         if not await self.enabled():
             return
+        if only_copied:
+            copied = await self._call(self._copied)
+            images = [i for i in images if i.id in copied]
         for image in images:
             if image.paths and image.id not in self._ready:
                 await asyncio.shield(self._begin(image))
@@ -245,6 +255,14 @@ class RuntimeVolumes:
         if path:
             labels[PATH_LABEL] = path
         return labels
+
+    def _copied(self) -> set[str]:
+        """The ids of the images this hub has runtime volumes of."""
+        filters = {"label": [f"{HUB_LABEL}={self._hub_id}", f"{ROLE_LABEL}={ROLE}"]}
+        return {
+            str((v.attrs.get("Labels") or {}).get(IMAGE_LABEL, ""))
+            for v in self._client.volumes.list(filters=filters)
+        }
 
     def _present(self, image_id: str) -> set[str]:
         filters = {"label": [f"{HUB_LABEL}={self._hub_id}", f"{IMAGE_LABEL}={image_id}"]}
