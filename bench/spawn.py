@@ -11,7 +11,8 @@ no capabilities, a home volume), and a launch counts as done when
 contender's proxy**:
 
 - **raw**: ``containers.create`` + ``start`` with the exact arguments labdock's Docker
-  backend would use (``hub.backends.docker_config.create_args``), then
+  backend would use (``hub.backends.docker_config.create_args``), but no runtime
+  volumes: the image as it is, as ``docker run`` starts it; then
   ``GET http://<container ip>:8888<prefix>api/status`` every ``--poll`` seconds
   until 200. There is no proxy: this is the floor.
 - **labdock**: ``labdock serve`` (own SQLite, quotas that allow the burst);
