@@ -15,11 +15,13 @@ import secrets
 import tarfile
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import docker
 import docker.errors
 import pytest
 import pytest_asyncio
+from docker.models.containers import ContainerCollection
 from docker.types import Mount
 
 from hub.backends import docker_runtime
@@ -412,3 +414,43 @@ async def test_storage_meter_counts_homes_not_runtime_copies(
     finally:
         meter.close()
     assert [(u.name, u.user_id) for u in measured] == [(home_volume_name(hub_id, 7), 7)]
+
+
+@pytest.mark.docker
+async def test_a_failed_copy_gives_its_space_back_and_is_retried_only_after_a_pause(
+    client: docker.DockerClient,
+    backend: DockerBackend,
+    hub_id: str,
+    labelled: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_create = ContainerCollection.create
+    failures = []
+
+    def full_disk(self: ContainerCollection, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("mounts") and kwargs["labels"].get("labdock.role") == "runtime-filler":
+            failures.append(1)
+            raise docker.errors.APIError("no space left on device")
+        return real_create(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContainerCollection, "create", full_disk)
+    spec = make_spec(labelled, hub_id, server_id=1)
+    await backend.start(spec, quiet)
+    await backend.prepare_runtime([labelled])  # waits for the copy that launch began
+    assert failures and not backend.runtime_ready(labelled)
+    role = {"label": [f"labdock.hub={hub_id}", "labdock.role"]}
+    assert client.volumes.list(filters=role) == [], "the partial copy is removed"
+    assert client.containers.list(all=True, filters=role) == []
+
+    tried = len(failures)
+    await backend.stop(1, remove=True)
+    await backend.start(spec, quiet)
+    await asyncio.sleep(0.2)
+    assert len(failures) == tried, "no new copy right after a failure"
+
+    monkeypatch.setattr(ContainerCollection, "create", real_create)
+    monkeypatch.setattr(docker_runtime, "RETRY_AFTER", 0.0)
+    await backend.stop(1, remove=True)
+    await backend.start(spec, quiet)  # begins the copy again
+    await backend.prepare_runtime([labelled])
+    assert backend.runtime_ready(labelled)

@@ -71,6 +71,8 @@ UNSHARED_DRIVERS = frozenset({"fuse-overlayfs", "vfs"})
 ALLOWED_ROOTS = ("/opt", "/usr/lib", "/usr/local", "/usr/share")
 # Seconds a check that the copies still exist stays good, so a burst asks once.
 PRESENT_FOR = 10.0
+# Seconds before a launch tries again to copy an image whose copy failed (a full disk).
+RETRY_AFTER = 300.0
 _PATH = re.compile(r"^(/[A-Za-z0-9._+-]+)+$")
 _DIR_MODE = 1 << 31  # Go's os.ModeDir, in the engine's path stat
 _SYMLINK_MODE = 1 << 27
@@ -152,6 +154,7 @@ class RuntimeVolumes:
         self._ready: dict[str, tuple[DockerMount, ...]] = {}
         self._checked: dict[str, float] = {}
         self._making: dict[str, asyncio.Task[None]] = {}
+        self._failed: dict[str, float] = {}
         self._one_at_a_time = asyncio.Lock()
         # Read by copy threads between engine calls: after close they clean up and stop.
         self._closing = threading.Event()
@@ -182,7 +185,8 @@ class RuntimeVolumes:
             return []
         ready = self._ready.get(image.id)
         if ready is None:
-            self._begin(image)
+            if time.monotonic() - self._failed.get(image.id, -RETRY_AFTER) >= RETRY_AFTER:
+                self._begin(image)
             return []
         if ready and time.monotonic() - self._checked.get(image.id, 0.0) > PRESENT_FOR:
             present = await self._call(self._present, image.id)
@@ -239,7 +243,13 @@ class RuntimeVolumes:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the servers start from the image meanwhile; retried later
-            log.warning("could not make the runtime volumes of %s: %s", image.id, exc)
+            self._failed[image.id] = time.monotonic()
+            log.warning(
+                "could not make the runtime volumes of %s (launches try again in %.0f s): %s",
+                image.id,
+                RETRY_AFTER,
+                exc,
+            )
         finally:
             self._making.pop(image.id, None)
 
@@ -279,14 +289,21 @@ class RuntimeVolumes:
             if self._closing.is_set():
                 return None
             fresh = {p for p in paths if self._ensure_volume(names[p], image.id, p)}
-            filler = self._client.containers.create(
-                image.id,
-                command=_NEVER_RUN,
-                entrypoint=[],
-                network_disabled=True,
-                labels=self._labels(image.id, FILLER_ROLE),
-                mounts=[DockerMount(target=p, source=names[p], type="volume") for p in paths],
-            )  # the engine copies the image's files into each empty volume here
+            try:
+                filler = self._client.containers.create(
+                    image.id,
+                    command=_NEVER_RUN,
+                    entrypoint=[],
+                    network_disabled=True,
+                    labels=self._labels(image.id, FILLER_ROLE),
+                    mounts=[DockerMount(target=p, source=names[p], type="volume") for p in paths],
+                )  # the engine copies the image's files into each empty volume here
+            except derr.APIError:  # a full disk, say: give the space of a partial copy back
+                self._remove_fillers(image.id)
+                for path in fresh:
+                    with contextlib.suppress(derr.APIError):
+                        self._client.volumes.get(names[path]).remove(force=True)
+                raise
             try:
                 stale = [p for p in paths if p not in fresh and not _has(filler, p, MARKER)]
                 for path in fresh:
