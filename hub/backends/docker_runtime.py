@@ -290,13 +290,8 @@ class RuntimeVolumes:
                 return None
             fresh = {p for p in paths if self._ensure_volume(names[p], image.id, p)}
             try:
-                filler = self._client.containers.create(
-                    image.id,
-                    command=_NEVER_RUN,
-                    entrypoint=[],
-                    network_disabled=True,
-                    labels=self._labels(image.id, FILLER_ROLE),
-                    mounts=[DockerMount(target=p, source=names[p], type="volume") for p in paths],
+                filler = self._helper(
+                    image.id, [DockerMount(target=p, source=names[p], type="volume") for p in paths]
                 )  # the engine copies the image's files into each empty volume here
             except derr.APIError:  # a full disk, say: give the space of a partial copy back
                 self._remove_fillers(image.id)
@@ -320,18 +315,23 @@ class RuntimeVolumes:
 
     def _directories(self, image: RuntimeImage) -> list[str]:
         """The listed paths that are real directories in the image (a probe container)."""
-        probe = self._client.containers.create(
-            image.id,
-            command=_NEVER_RUN,
-            entrypoint=[],
-            network_disabled=True,
-            labels=self._labels(image.id, FILLER_ROLE),
-        )
+        probe = self._helper(image.id, [])
         try:
             return [p for p in image.paths if _is_directory(probe, p)]
         finally:
             with contextlib.suppress(derr.APIError):
                 probe.remove(force=True)
+
+    def _helper(self, image_id: str, mounts: list[DockerMount]) -> Any:
+        """A container of the image, created (never started), labelled as the hub's helper."""
+        return self._client.containers.create(
+            image_id,
+            command=_NEVER_RUN,
+            entrypoint=[],
+            network_disabled=True,
+            labels=self._labels(image_id, FILLER_ROLE),
+            mounts=mounts,
+        )
 
     def _ensure_volume(self, name: str, image_id: str, path: str) -> bool:
         """Create the volume unless it exists; True when it was created (and is empty)."""
