@@ -554,6 +554,20 @@ def test_image_runs_as_the_analyst_and_keeps_no_build_ca(
     assert output.decode().split() == ["1000", "1000"]
 
 
+@pytest.mark.parametrize("environment", ["python", "jupyter", "tensorflow"])
+def test_jupyter_server_images_leave_out_the_slow_optional_iri_checker(
+    environment: str, docker_client: docker.DockerClient
+) -> None:
+    # rfc3987-syntax builds a Lark grammar at import: about 1 s of every server start.
+    image = latest_tag(docker_client, environment)
+    assert image, f"no {environment} image: run `labdock images build {environment}`"
+    script = "import importlib.util as u; print(u.find_spec('rfc3987_syntax'))"
+    output = docker_client.containers.run(
+        image, ["python", "-c", script], labels=LABEL, network_mode="none", remove=True
+    )
+    assert output.decode().strip() == "None"
+
+
 @shared_loop
 async def test_hub_routes_user_servers_through_its_proxy(lab: Lab) -> None:
     assert routes_user_paths(lab.hub.hub.app), "hub/app.py does not route /user/ to the proxy"
