@@ -349,7 +349,8 @@ class Labdock:
 
     async def warm_up(self, within: float = 300.0) -> None:
         """Launch until the server runs as users get it: from runtime volumes, once the hub
-        has copied the image's trees (it begins at start; about 10 s for this image)."""
+        has copied the image's trees (begun by the first launch; 13-21 s for the python image
+        on the development machine)."""
         deadline = time.monotonic() + within
         while True:
             await self.launch("warmup")

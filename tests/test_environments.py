@@ -541,17 +541,23 @@ def test_server_refuses_to_start_without_a_secret(
         container.remove(force=True)
 
 
+def run_in_image(client: docker.DockerClient, environment: str, command: list[str]) -> str:
+    """What ``command`` prints in a throwaway container of the environment's newest image."""
+    image = latest_tag(client, environment)
+    assert image, f"no {environment} image: run `labdock images build {environment}`"
+    output = client.containers.run(
+        image, command, labels=LABEL, network_mode="none", remove=True
+    )
+    return bytes(output).decode()
+
+
 @pytest.mark.parametrize("environment", ["jupyter", "tensorflow", "airflow"])
 def test_image_runs_as_the_analyst_and_keeps_no_build_ca(
     environment: str, docker_client: docker.DockerClient
 ) -> None:
-    image = latest_tag(docker_client, environment)
-    assert image, f"no {environment} image: run `labdock images build {environment}`"
     script = "id -u; stat -c %u ~; find / -xdev -name 'labdock-build-ca*' 2>/dev/null; true"
-    output = docker_client.containers.run(
-        image, ["sh", "-c", script], labels=LABEL, network_mode="none", remove=True
-    )
-    assert output.decode().split() == ["1000", "1000"]
+    output = run_in_image(docker_client, environment, ["sh", "-c", script])
+    assert output.split() == ["1000", "1000"]
 
 
 @pytest.mark.parametrize("environment", ["python", "jupyter", "tensorflow"])
@@ -559,13 +565,9 @@ def test_jupyter_server_images_leave_out_the_slow_optional_iri_checker(
     environment: str, docker_client: docker.DockerClient
 ) -> None:
     # rfc3987-syntax builds a Lark grammar at import: about 1 s of every server start.
-    image = latest_tag(docker_client, environment)
-    assert image, f"no {environment} image: run `labdock images build {environment}`"
     script = "import importlib.util as u; print(u.find_spec('rfc3987_syntax'))"
-    output = docker_client.containers.run(
-        image, ["python", "-c", script], labels=LABEL, network_mode="none", remove=True
-    )
-    assert output.decode().strip() == "None"
+    output = run_in_image(docker_client, environment, ["python", "-c", script])
+    assert output.strip() == "None"
 
 
 @shared_loop

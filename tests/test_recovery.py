@@ -93,13 +93,18 @@ async def test_orphan_containers_of_this_hub_are_removed_at_start(
     assert container.name in names and ids
 
 
+def without_engine(settings: Settings) -> Settings:
+    """The same hub, pointed at an engine socket that does not exist."""
+    return replace(
+        settings, backend=replace(settings.backend, docker_host="unix:///nonexistent.sock")
+    )
+
+
 async def test_unreachable_engine_at_start_marks_nothing_stopped_and_deletes_nothing(
     settings: Settings, image: str, docker_client: docker.DockerClient, hub_id: str
 ) -> None:
     ids = await launch(settings, image, ["a"])
-    blind = replace(
-        settings, backend=replace(settings.backend, docker_host="unix:///nonexistent.sock")
-    )
+    blind = without_engine(settings)
     async with build_hub(blind) as built:
         record = await built.deps.servers.by_id(ids["a"])
         assert record is not None and record.state == ServerState.UNKNOWN
@@ -120,9 +125,7 @@ async def test_stop_while_the_engine_is_unreachable_leaves_the_state_unknown(
     settings: Settings, image: str, docker_client: docker.DockerClient, hub_id: str
 ) -> None:
     ids = await launch(settings, image, ["a"])
-    blind = replace(
-        settings, backend=replace(settings.backend, docker_host="unix:///nonexistent.sock")
-    )
+    blind = without_engine(settings)
     async with build_hub(blind) as built:
         with pytest.raises(BackendUnavailable):
             await built.workspaces.stop(ids["a"])

@@ -95,6 +95,7 @@ def test_create_args_add_runtime_mounts_read_only_after_the_home() -> None:
 
 # -- on the engine -----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def client() -> Iterator[docker.DockerClient]:
     try:
@@ -454,3 +455,14 @@ async def test_a_failed_copy_gives_its_space_back_and_is_retried_only_after_a_pa
     await backend.start(spec, quiet)  # begins the copy again
     await backend.prepare_runtime([labelled])
     assert backend.runtime_ready(labelled)
+
+
+async def test_preparing_while_the_engine_is_unreachable_is_logged_not_raised(
+    executor: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    nowhere = docker.DockerClient(base_url="unix:///nonexistent/docker.sock", version="1.41")
+    for mode in ("auto", "on"):
+        backend = DockerBackend(nowhere, hub_id="tnowhere", executor=executor, runtime_volumes=mode)
+        await backend.prepare_runtime(["sha256:" + "ab" * 32], only_copied=True)
+        await backend.close()
+    assert caplog.text.count("runtime volumes not checked") == 2

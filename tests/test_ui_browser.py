@@ -32,6 +32,7 @@ from tests.browser_support import (  # noqa: F401 (fixtures)
     ui_page,
 )
 from tests.busybox_image import ensure_test_image
+from tests.test_catalog_api import definition
 
 # Serves, then after a few seconds allocates past its memory limit.
 SERVE_THEN_OOM = (
@@ -472,23 +473,16 @@ def test_analyst_launches_an_older_version_of_an_environment(
     finally:
         client.close()
     root = admin_token(hub, "root")
-    definition = {
-        "image": test_image,
-        "version": "1.0",
-        "description": "busybox, in two versions",
-        "contents": "busybox httpd",
-        "port": 8080,
-        "command": ["/app/start"],
-        "prefix": "keep",
-        "readiness_path": "",
-        "pids_limit": 64,
-        "shm_size": "16M",
-        "resources": {
+    body = definition(
+        test_image,
+        version="1.0",
+        description="busybox, in two versions",
+        resources={
             "default": {"cpus": 0.5, "memory": "128M"},
             "maximum": {"cpus": 1, "memory": "256M"},
         },
-    }
-    call_api(hub, root, "POST", "/environments/versioned", definition)
+    )
+    call_api(hub, root, "POST", "/environments/versioned", body)
     newer = {"image": second_image, "version": "2.0"}
     added = call_api(hub, root, "POST", "/environments/versioned/versions", newer)
     assert [(v["version"], v["current"]) for v in added["versions"]] == [

@@ -148,7 +148,6 @@ class RuntimeVolumes:
         self._hub_id = hub_id
         self._call = call
         self._extra_labels = dict(extra_labels)
-        self._mode = mode
         self._enabled: bool | None = None if mode == "auto" else mode == "on"
         # image id → the mounts of its complete copies (empty: the image offers none).
         self._ready: dict[str, tuple[DockerMount, ...]] = {}
@@ -357,7 +356,7 @@ class RuntimeVolumes:
 
     async def prune(self) -> list[str]:
         """Remove this hub's copies of images no longer on the engine; their names."""
-        if self._mode == "off":
+        if not await self.enabled():
             return []
         return list(await self._call(self._prune))
 

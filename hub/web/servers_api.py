@@ -106,6 +106,15 @@ class ApiHandler(BaseHandler):
             raise Forbidden(f"you may not use {scope!r} on {name!r}")
         return actor if name == actor.name else await self.deps.accounts.get(name)
 
+    async def owned_server(self, owner: User, server: str) -> ServerRecord:
+        """``owner``'s server named ``server`` ("" is the default one), or 404."""
+        record = await self.deps.servers.get(owner.id, server)
+        if record is None:
+            raise NotFound(
+                f"{owner.name} has no server {server!r}" if server else "no default server"
+            )
+        return record
+
 
 class ServerHandler(ApiHandler):
     """``POST`` launches, ``DELETE`` stops: ``/users/{name}/server[s/{server}]``."""
@@ -120,11 +129,7 @@ class ServerHandler(ApiHandler):
         remove = self.json_body().get("remove", False)
         if not isinstance(remove, bool):
             raise InvalidInput("remove: expected true or false")
-        record = await self.deps.servers.get(owner.id, server)
-        if record is None:
-            raise NotFound(
-                f"{owner.name} has no server {server!r}" if server else "no default server"
-            )
+        record = await self.owned_server(owner, server)
         if remove:
             await self.deps.workspaces.remove(record.id)
         else:
@@ -166,11 +171,7 @@ class ProgressHandler(ApiHandler):
 
     async def get(self, name: str, server: str = "") -> None:
         owner = await self.owner(name, "read:servers")
-        record = await self.deps.servers.get(owner.id, server)
-        if record is None:
-            raise NotFound(
-                f"{owner.name} has no server {server!r}" if server else "no default server"
-            )
+        record = await self.owned_server(owner, server)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")

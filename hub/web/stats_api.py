@@ -17,7 +17,7 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from hub.domain.errors import BackendUnavailable, Conflict, Forbidden, NotFound
+from hub.domain.errors import BackendUnavailable, Conflict, Forbidden
 from hub.domain.records import ServerRecord
 from hub.domain.servers import ServerState
 from hub.domain.stats import LiveUsage, StatsReader, live_stats
@@ -45,11 +45,7 @@ class ServerStatsHandler(ApiHandler):
 
     async def get(self, name: str, server: str = "") -> None:
         owner = await self.owner(name, "read:servers")
-        record = await self.deps.servers.get(owner.id, server)
-        if record is None:
-            raise NotFound(
-                f"{owner.name} has no server {server!r}" if server else "no default server"
-            )
+        record = await self.owned_server(owner, server)
         self.set_header("Cache-Control", "no-store")
         usage = await _usage(_reader(self), record)
         self.write_json(live_stats(record, usage, datetime.now(UTC)))
