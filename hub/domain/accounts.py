@@ -100,7 +100,7 @@ TOKEN_PREFIX = "ldk_"  # noqa: S105 - a marker that makes leaked tokens easy to 
 
 @dataclass(frozen=True)
 class TokenGrant:
-    """Who a presented API token speaks for, and what it may do."""
+    """Who a presented API token speaks for, and what it may do (see ``effective_scopes``)."""
 
     user: User
     scopes: frozenset[str]
@@ -377,7 +377,7 @@ class Accounts:
         if last is None or (now - last).total_seconds() >= TOKEN_TOUCH_S:
             self._touched[prefix] = now
             await self._repo.touch_token(prefix, now)
-        return TokenGrant(user=user, scopes=scopes)
+        return TokenGrant(user=user, scopes=effective_scopes(user, scopes))
 
     async def update(
         self, user: User, *, is_admin: bool | None = None, disabled: bool | None = None
@@ -413,3 +413,32 @@ class Accounts:
         if user is None:
             raise NotFound(f"no user {name!r}")
         return user
+
+
+# Roles ----------------------------------------------------------------------
+# Who may hold which scope is decided here, once: a browser session carries its
+# user's role, and a token carries what it was granted cut down to that role.
+# So an admin scope works only while its holder is an admin, whatever a token says.
+
+USER_SCOPES = DEFAULT_TOKEN_SCOPES
+"""What every user may do with their own things (and, narrowed, with things shared to them)."""
+
+ADMIN_ONLY_SCOPES = SCOPES - USER_SCOPES
+"""Scopes that act on other people or the whole hub: admins only."""
+
+
+def role_scopes(user: User) -> frozenset[str]:
+    """The scopes a browser session of ``user`` carries: their role's, no more."""
+    return SCOPES if user.is_admin else USER_SCOPES
+
+
+def effective_scopes(user: User, granted: frozenset[str]) -> frozenset[str]:
+    """What a token granted ``granted`` may do now that its owner is ``user``.
+
+    An admin's token keeps what it was granted. Anyone else's loses every
+    admin-only scope, narrowed or not, so a token minted while its owner was an
+    admin (or by mistake) never outlives that role.
+    """
+    if user.is_admin:
+        return granted
+    return frozenset(s for s in granted if split_scope(s)[0] not in ADMIN_ONLY_SCOPES)

@@ -41,7 +41,7 @@ from hub.domain.errors import (
 from hub.domain.gpus import allocate
 from hub.domain.progress import ProgressBoard
 from hub.domain.quotas import Limits, Scope, Usage, admit
-from hub.domain.records import AdmissionView, Claim, ServerRecord, WorkspaceRepo
+from hub.domain.records import ACTIVE_STATES, AdmissionView, Claim, ServerRecord, WorkspaceRepo
 from hub.domain.resources import Resources, format_memory
 from hub.domain.routes import Route, RouteTable
 from hub.domain.servers import (
@@ -127,6 +127,7 @@ class Workspaces:
         self.progress = progress or ProgressBoard()
         self._launches: dict[int, asyncio.Task[None]] = {}
         self._oom: dict[int, float] = {}
+        self._stops: set[asyncio.Task[None]] = set()
 
     # Launching --------------------------------------------------------------
 
@@ -337,6 +338,30 @@ class Workspaces:
             server_id, ServerState.STOPPED, reason=reason, forget_container=remove
         )
 
+    async def stop_all_of(self, user_id: int, *, reason: str) -> int:
+        """Cut every path to ``user_id``'s servers now, and stop them in the background.
+
+        For a user who was disabled: their routes leave the table at once (so the
+        proxy refuses and closes what is open), and each container gets its usual
+        grace period without holding up the caller. Returns how many were active.
+        """
+        active = [r for r in await self._repo.of_user(user_id) if r.state in ACTIVE_STATES]
+        for record in active:
+            self._routes.remove(record.id)
+            task = asyncio.get_running_loop().create_task(
+                self._stop_quietly(record.id, reason)
+            )
+            self._stops.add(task)
+            task.add_done_callback(self._stops.discard)
+        return len(active)
+
+    async def _stop_quietly(self, server_id: int, reason: str) -> None:
+        try:
+            await self.stop(server_id, reason=reason)
+        except (NotFound, BackendUnavailable) as exc:
+            # Gone already, or the engine is away: reconcile settles it at the next start.
+            log.warning("could not stop server %s: %s", server_id, exc)
+
     async def remove(self, server_id: int) -> None:
         """Stop the server, delete its container and forget it; the home volume stays.
 
@@ -467,6 +492,8 @@ class Workspaces:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # Stops already asked for finish: a disabled user's server must not be left running.
+        await asyncio.gather(*list(self._stops), return_exceptions=True)
 
     @property
     def launching(self) -> int:

@@ -5,18 +5,21 @@
     GET   /hub/api/quotas
     PUT   /hub/api/quotas/teams/risk {"memory": "8G", "servers": 6}
 
-Holding ``admin:users`` lets one create and disable users, never make anyone
-an admin: only admins do that. A scope narrowed to one user
+Only admins act here: a browser session carries its user's role, and a token's
+admin scopes count only while its owner is an admin (``effective_scopes``). An
+admin's token acts only within its scopes; one narrowed to a user
 (``admin:users!user=bob``) acts on that user only and creates nobody.
+Disabling a user ends their sessions and stops their servers.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hub.domain.accounts import check_team_name, may_act_on
+from hub.domain.accounts import User, check_team_name, may_act_on
 from hub.domain.errors import Forbidden, InvalidInput, NotFound
 from hub.domain.resources import MAX_SIZE, parse_memory
+from hub.web.deps import WebDeps
 from hub.web.openapi import USERNAME_PATTERN, errors, json_body, json_content, param, ref
 from hub.web.servers_api import ApiHandler, user_model
 
@@ -28,6 +31,23 @@ def _flag(body: dict[str, Any], key: str) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
     raise InvalidInput(f"{key}: expected true or false")
+
+
+DISABLED_REASON = "stopped: the account was disabled by an admin"
+
+
+async def update_user(
+    deps: WebDeps, target: User, *, is_admin: bool | None = None, disabled: bool | None = None
+) -> User:
+    """Change a user's flags; disabling also ends their sessions and stops their servers.
+
+    The routes go at once, so the proxy refuses new requests and closes open
+    connections; the containers stop with their usual grace, volumes untouched.
+    """
+    updated = await deps.accounts.update(target, is_admin=is_admin, disabled=disabled)
+    if disabled:
+        await deps.workspaces.stop_all_of(target.id, reason=DISABLED_REASON)
+    return updated
 
 
 class UserHandler(ApiHandler):
@@ -84,7 +104,7 @@ class UserHandler(ApiHandler):
         if disabled and name == actor.name:
             raise InvalidInput("you cannot disable yourself")
         target = await self.deps.accounts.get(name)
-        updated = await self.deps.accounts.update(target, is_admin=admin, disabled=disabled)
+        updated = await update_user(self.deps, target, is_admin=admin, disabled=disabled)
         await self.deps.audit.record(
             actor_id=actor.id,
             action="user.update",

@@ -28,6 +28,7 @@ from hub.domain.accounts import User, check_team_name
 from hub.domain.errors import Forbidden, InvalidInput, LabdockError, NotFound
 from hub.domain.records import ACTIVE_STATES, ServerRecord
 from hub.domain.resources import format_memory, parse_memory
+from hub.web.admin_api import update_user
 from hub.web.base import BaseHandler, status_for
 from hub.web.deps import WebDeps
 
@@ -297,7 +298,7 @@ class UserActionPage(AdminPage):
         if action in ("disable", "enable"):
             if target.id == actor.id:
                 raise InvalidInput("you cannot disable yourself")
-            await accounts.update(target, disabled=action == "disable")
+            await update_user(self.deps, target, disabled=action == "disable")
             await self.audit(actor, "user.update", target.name, disabled=action == "disable")
             self.done(f"{target.name} is {action}d.", "/hub/admin/users")
         elif action in ("make-admin", "unmake-admin"):

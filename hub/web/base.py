@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import tornado.web
 
-from hub.domain.accounts import SCOPES, User
+from hub.domain.accounts import User, role_scopes
 from hub.domain.errors import (
     BackendUnavailable,
     Conflict,
@@ -65,6 +68,7 @@ class BaseHandler(tornado.web.RequestHandler):
     deps: WebDeps
     user: User | None
     scopes: frozenset[str]
+    _fresh_session: str | None = None  # a session this very request opened (login)
     # Audit writes of refusals outlive their request; strong references keep them running.
     _audit_writes: ClassVar[set[asyncio.Task[None]]] = set()
 
@@ -89,8 +93,13 @@ class BaseHandler(tornado.web.RequestHandler):
             self.user, self.scopes = grant.user, grant.scopes
             return
         self.user = await self._user_from_cookie()
-        # A browser session may do whatever its user may do.
-        self.scopes = SCOPES if self.user is not None else frozenset()
+        # A browser session carries its user's role: admin scopes for admins only.
+        self.scopes = role_scopes(self.user) if self.user is not None else frozenset()
+        if self.user is not None and self.user.must_change_password and self.is_api:
+            raise Forbidden(
+                "this session must change its password before anything else: "
+                "open /hub/password in the browser"
+            )
 
     def _presented_token(self) -> str | None:
         header = self.request.headers.get("Authorization", "")
@@ -104,7 +113,72 @@ class BaseHandler(tornado.web.RequestHandler):
         # (browsers do not add such headers cross-origin); cookies need the XSRF check.
         if self._presented_token() is not None:
             return
+        if self.is_api and self.get_cookie(self.deps.session_cookie) is None:
+            return  # no credential a forgery could ride on: answered 401 after prepare()
+        if self.is_api and not self.from_hub_origin():
+            raise Forbidden(
+                "API changes made with the browser session must come from the hub's own "
+                "pages (their Origin header); scripts elsewhere use an API token"
+            )
         super().check_xsrf_cookie()
+
+    def from_hub_origin(self) -> bool:
+        """Whether the request's ``Origin`` is the hub's own: this host, or ``public_url``'s.
+
+        Browsers send ``Origin`` with every write, same-origin ones included, so a
+        write without one did not come from a page of the hub.
+        """
+        origin = self.request.headers.get("Origin")
+        if not origin or self.request.headers.get("Sec-Fetch-Site", "same-origin") not in (
+            "same-origin",
+            "none",
+        ):
+            return False
+        parts = urlsplit(origin)
+        if parts.path or parts.query or not parts.netloc:
+            return False
+        given = f"{parts.scheme}://{parts.netloc}".lower()
+        own = f"{self.request.protocol}://{self.request.host}".lower()
+        public = urlsplit(self.deps.settings.hub.public_url)
+        return given == own or (
+            bool(public.netloc) and given == f"{public.scheme}://{public.netloc}".lower()
+        )
+
+    def _session_id(self) -> str | None:
+        """The session id in the signed cookie (not checked against the database)."""
+        if self._fresh_session is not None:
+            return self._fresh_session
+        raw = self.get_signed_cookie(
+            self.deps.session_cookie,
+            max_age_days=self.deps.settings.hub.session_hours / 24 + 1,
+        )
+        return raw.decode() if raw else None
+
+    def _get_raw_xsrf_token(self) -> tuple[int | None, bytes, float]:
+        """The XSRF token, bound to the session: an HMAC of its id under the cookie secret.
+
+        Tornado's own token is whatever the ``_xsrf`` cookie says, so anyone who can
+        set that cookie (a sibling host, a page on the same site) picks the value a
+        forged request must echo. Bound to the session, the cookie only carries the
+        token to the hub's scripts; a different value is not accepted. Visitors
+        without a session (the login form) keep tornado's token.
+        """
+        session = self._session_id()
+        if session is None:
+            return super()._get_raw_xsrf_token()
+        if not hasattr(self, "_raw_xsrf_token"):
+            secret = self.application.settings["cookie_secret"]
+            key = secret.encode() if isinstance(secret, str) else bytes(secret)
+            bound = hmac.new(key, b"labdock-xsrf\x00" + session.encode(), hashlib.sha256)
+            token = bound.digest()[:16]
+            version = None  # None: the cookie is (re)written with the bound token
+            cookie = self.get_cookie(self.settings.get("xsrf_cookie_name", "_xsrf"))
+            if cookie:
+                found, value, _ = self._decode_xsrf_token(cookie)
+                if value is not None and hmac.compare_digest(value, token):
+                    version = found
+            self._raw_xsrf_token = (version, token, time.time())
+        return self._raw_xsrf_token
 
     def require_any(self, scope: str) -> User:
         """The current user if they hold ``scope`` in any form (plain or narrowed)."""
@@ -149,6 +223,12 @@ class BaseHandler(tornado.web.RequestHandler):
             secure=self.deps.secure_cookies,
             path="/",
         )
+        # The page after login must find the XSRF token of the new session in the cookie.
+        self._fresh_session = session_id
+        for stale in ("_raw_xsrf_token", "_xsrf_token"):
+            if hasattr(self, stale):
+                delattr(self, stale)
+        _ = self.xsrf_token
 
     def get_current_user(self) -> User | None:
         return self.user
@@ -156,7 +236,9 @@ class BaseHandler(tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "same-origin")
+        # No page of the hub may be framed, by a user's server or anyone else.
         self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Content-Security-Policy", "frame-ancestors 'none'")
 
     # Rendering -------------------------------------------------------------
 
@@ -221,13 +303,19 @@ class BaseHandler(tornado.web.RequestHandler):
             action = "token"
         else:
             return
+        address = self.request.remote_ip or "?"
+        held_back = self.deps.refusals.admit((address, action))
+        if held_back is None:
+            return  # this address already has a row for this kind of refusal this minute
         cookie = None if self.user else self.get_signed_cookie(self.deps.session_cookie)
-        detail = {
+        detail: dict[str, object] = {
             "message": message[:500],
             "method": self.request.method or "",
             "status": status,
-            "address": self.request.remote_ip or "?",
+            "address": address,
         }
+        if held_back:
+            detail["held_back"] = held_back  # like refusals from this address, not written
 
         async def write() -> None:
             try:

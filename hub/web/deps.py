@@ -14,7 +14,7 @@ from jinja2 import Environment
 
 from hub.config import Settings
 from hub.domain.accounts import Accounts, TeamDirectory
-from hub.domain.audit import AuditLog
+from hub.domain.audit import AuditLog, RefusalDigest
 from hub.domain.catalog import Catalog, ImageStore
 from hub.domain.quotas import Limits
 from hub.domain.records import WorkspaceRepo
@@ -79,6 +79,8 @@ class WebDeps:
     # Admins' changes to the environment catalog, and the engine's images they are made from.
     catalog_admin: CatalogStore | None = field(default=None)
     images: ImageStore | None = field(default=None)
+    # Refusals written to the audit log at most once a minute per address and kind.
+    refusals: RefusalDigest = field(default_factory=RefusalDigest)
 
     @property
     def secure_cookies(self) -> bool:
