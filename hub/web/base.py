@@ -24,7 +24,7 @@ from urllib.parse import urlencode, urlsplit
 
 import tornado.web
 
-from hub.domain.accounts import User, role_scopes
+from hub.domain.accounts import ADMIN_ONLY_SCOPES, User, role_scopes
 from hub.domain.errors import (
     BackendUnavailable,
     Conflict,
@@ -185,7 +185,7 @@ class BaseHandler(tornado.web.RequestHandler):
         if self.user is None:
             raise Unauthorized("log in, or send an API token in the Authorization header")
         if not any(s == scope or s.startswith(scope + "!") for s in self.scopes):
-            raise Forbidden(f"this token lacks the {scope!r} scope")
+            raise self._lacking(scope)
         return self.user
 
     def require(self, scope: str) -> User:
@@ -193,8 +193,14 @@ class BaseHandler(tornado.web.RequestHandler):
         if self.user is None:
             raise Unauthorized("log in, or send an API token in the Authorization header")
         if scope not in self.scopes:
-            raise Forbidden(f"this token lacks the {scope!r} scope")
+            raise self._lacking(scope)
         return self.user
+
+    def _lacking(self, scope: str) -> Forbidden:
+        assert self.user is not None
+        if scope in ADMIN_ONLY_SCOPES and not self.user.is_admin:
+            return Forbidden(f"only admins may do this (it needs the {scope!r} scope)")
+        return Forbidden(f"this token lacks the {scope!r} scope")
 
     async def _user_from_cookie(self) -> User | None:
         raw = self.get_signed_cookie(
@@ -304,9 +310,16 @@ class BaseHandler(tornado.web.RequestHandler):
         else:
             return
         address = self.request.remote_ip or "?"
-        held_back = self.deps.refusals.admit((address, action))
+        # Anonymous refusals are counted by address and kind, a known user's by what
+        # they tried too: either way a flood writes one row a minute, not one a request.
+        key = (
+            (address, action)
+            if self.user is None
+            else (f"{address} {self.user.id}", f"{action} {self.request.path}")
+        )
+        held_back = self.deps.refusals.admit(key)
         if held_back is None:
-            return  # this address already has a row for this kind of refusal this minute
+            return  # held back, and counted in the next row written for this key
         cookie = None if self.user else self.get_signed_cookie(self.deps.session_cookie)
         detail: dict[str, object] = {
             "message": message[:500],
