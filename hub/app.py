@@ -53,6 +53,7 @@ from hub.domain.accounts import Accounts
 from hub.domain.activity import ActivityTracker, flush_forever
 from hub.domain.clock import SystemClock
 from hub.domain.errors import ConfigError, LabdockError
+from hub.domain.launch_limits import LaunchLimits
 from hub.domain.oidc import OidcIdentities
 from hub.domain.quotas import Limits
 from hub.domain.routes import Route, RouteTable
@@ -327,6 +328,18 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
     meter = StorageMeter(volume_meter, clock=SystemClock())
     quotas = SqlQuotaRepo(sessions, storage=meter)
     storage = StorageQuota(meter, limits=quotas, default_limit=quota.storage)
+    policy = Policy(
+        hub_id=hub_id,
+        default_quota=Limits(
+            cpus=quota.cpus, memory=quota.memory, gpus=quota.gpus, servers=quota.servers
+        ),
+        host_capacity=capacity,
+        gpu_inventory=gpus,
+        max_concurrent_launches=settings.hub.max_concurrent_launches,
+        launch_timeout=settings.hub.launch_timeout,
+        stop_grace=settings.backend.stop_grace,
+        labels=settings.labels,
+    )
     workspaces = Workspaces(
         repo=servers,
         teams=teams,
@@ -336,18 +349,7 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
         routes=routes,
         catalog=catalog,
         clock=SystemClock(),
-        policy=Policy(
-            hub_id=hub_id,
-            default_quota=Limits(
-                cpus=quota.cpus, memory=quota.memory, gpus=quota.gpus, servers=quota.servers
-            ),
-            host_capacity=capacity,
-            gpu_inventory=gpus,
-            max_concurrent_launches=settings.hub.max_concurrent_launches,
-            launch_timeout=settings.hub.launch_timeout,
-            stop_grace=settings.backend.stop_grace,
-            labels=settings.labels,
-        ),
+        policy=policy,
     )
 
     async def check_db() -> None:
@@ -368,6 +370,9 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
         throttle=LoginThrottle(SystemClock()),
         quotas=quotas,
         audit=audit,
+        launch_limits=LaunchLimits(
+            repo=servers, catalog=catalog, teams=teams, policy=policy, storage=storage
+        ),
         storage=storage,
         oidc=oidc_login(settings, sessions, accounts),
         stats=DockerStats(client, executor),

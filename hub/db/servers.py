@@ -130,6 +130,10 @@ class SqlServerRepo:
             gpus_in_use=dict(gpus),
         )
 
+    async def admission_view(self, user_id: int) -> AdmissionView:
+        async with self._sessions() as s:
+            return await self._view(s, user_id)
+
     async def claim(self, claim: Claim, decide: Decide) -> tuple[ServerRecord, bool]:
         async with self._sessions() as s, s.begin():
             # The transaction's first connection: these options shape its BEGIN.

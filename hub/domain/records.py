@@ -102,6 +102,9 @@ class WorkspaceRepo(Protocol):
     async def claim(self, claim: Claim, decide: Decide) -> tuple[ServerRecord, bool]:
         """Mark the server starting if admission allows; ``False`` if it already was active."""
 
+    async def admission_view(self, user_id: int) -> AdmissionView:
+        """The view ``claim`` hands admission, read now (for offers, not for claiming)."""
+
     async def get(self, user_id: int, name: str) -> ServerRecord | None: ...
 
     async def by_id(self, server_id: int) -> ServerRecord | None: ...

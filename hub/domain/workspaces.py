@@ -80,7 +80,8 @@ class Policy:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-def _scopes(view: AdmissionView, policy: Policy) -> tuple[Scope, list[Scope], Scope]:
+def admission_scopes(view: AdmissionView, policy: Policy) -> tuple[Scope, list[Scope], Scope]:
+    """The user's, the teams' (those with a quota) and the host's scopes, as admission checks."""
     user = Scope("your quota", view.user_limits or policy.default_quota, view.user_usage)
     teams = [Scope(f"team '{t.name}' quota", t.limits, t.usage) for t in view.teams if t.limits]
     host = Scope("this host's capacity", policy.host_capacity, view.host_usage)
@@ -144,7 +145,7 @@ class Workspaces:
 
     def _decide(self, resources: Resources, env: Environment) -> Any:
         def decide(view: AdmissionView) -> tuple[str, ...]:
-            user, teams, host = _scopes(view, self._policy)
+            user, teams, host = admission_scopes(view, self._policy)
             admit(resources, user=user, teams=teams, host=host)
             return allocate(
                 self._policy.gpu_inventory,
@@ -348,9 +349,7 @@ class Workspaces:
         active = [r for r in await self._repo.of_user(user_id) if r.state in ACTIVE_STATES]
         for record in active:
             self._routes.remove(record.id)
-            task = asyncio.get_running_loop().create_task(
-                self._stop_quietly(record.id, reason)
-            )
+            task = asyncio.get_running_loop().create_task(self._stop_quietly(record.id, reason))
             self._stops.add(task)
             task.add_done_callback(self._stops.discard)
         return len(active)

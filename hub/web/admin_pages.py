@@ -414,9 +414,7 @@ class QuotaPage(AdminPage):
                 editing={"anchor": anchor, "form": form},
             )
             return
-        await self.deps.quotas.set(
-            limits, user_id=ids.get("user_id"), team_id=ids.get("team_id")
-        )
+        await self.deps.quotas.set(limits, user_id=ids.get("user_id"), team_id=ids.get("team_id"))
         await self.audit(actor, "quota.set", f"{kind[:-1]}:{name}", **limits)
         self.done(f"The quota of {kind[:-1]} {name} is saved.", f"/hub/admin/teams#{anchor}")
 

@@ -16,6 +16,7 @@ from hub.config import Settings
 from hub.domain.accounts import Accounts, TeamDirectory
 from hub.domain.audit import AuditLog, RefusalDigest
 from hub.domain.catalog import Catalog, ImageStore
+from hub.domain.launch_limits import LaunchLimits
 from hub.domain.quotas import Limits
 from hub.domain.records import WorkspaceRepo
 from hub.domain.stats import StatsReader
@@ -70,6 +71,8 @@ class WebDeps:
     throttle: LoginThrottle
     quotas: QuotaStore
     audit: AuditLog
+    # What admission would grant now: the launch form's bounds and GET .../limits.
+    launch_limits: LaunchLimits
     storage: StorageQuota | None = field(default=None)
     oidc: OidcLogin | None = field(default=None)
     stats: StatsReader | None = field(default=None)

@@ -16,110 +16,46 @@ its free GPUs), so a form that offers only them is never refused for size.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
-from hub.domain.accounts import User
-from hub.domain.catalog import Environment
-from hub.domain.errors import QuotaExceeded
-from hub.domain.offers import Offer, free_gpu_count, offer_for, scope_use
-from hub.domain.quotas import Limits, Scope, Usage
-from hub.domain.records import ACTIVE_STATES, ServerRecord
+from hub.domain.launch_limits import LaunchLimitsReport
+from hub.domain.offers import scope_use
 from hub.domain.resources import Resources
-from hub.web.deps import WebDeps
 from hub.web.openapi import errors, json_content, param, ref
 from hub.web.servers_api import ApiHandler
-
-
-def _usage(records: list[ServerRecord]) -> Usage:
-    return Usage(
-        cpus=sum(r.resources.cpus for r in records),
-        memory=sum(r.resources.memory for r in records),
-        gpus=sum(r.resources.gpus for r in records),
-        servers=len(records),
-    )
-
-
-async def admission_scopes(
-    deps: WebDeps, user: User
-) -> tuple[Scope, list[Scope], Scope, list[tuple[str, Scope]], dict[str, int]]:
-    """The user, team and host scopes as admission sees them now, and GPUs in use.
-
-    Also returns every team (with or without a quota of its own) for display.
-    """
-    active = [r for r in await deps.servers.all() if r.state in ACTIVE_STATES]
-    quota = deps.settings.quota
-    default = Limits(cpus=quota.cpus, memory=quota.memory, gpus=quota.gpus, servers=quota.servers)
-    user_limits = await deps.quotas.limits_of(user_id=user.id) or default
-    mine = _usage([r for r in active if r.user_id == user.id])
-    user_scope = Scope("your quota", user_limits, mine)
-    teams: list[Scope] = []
-    shown: list[tuple[str, Scope]] = []
-    for membership in await deps.teams.memberships(user.id):
-        limits = await deps.quotas.limits_of(team_id=membership.team_id)
-        used = (await deps.quotas.describe(team_id=membership.team_id))["used"]
-        usage = Usage(
-            cpus=float(used["cpus"]),
-            memory=int(used["memory"]),
-            gpus=int(used["gpus"]),
-            servers=int(used["servers"]),
-        )
-        scope = Scope(f"team '{membership.team}' quota", limits or Limits(), usage)
-        shown.append((membership.team, scope))
-        if limits is not None:
-            teams.append(scope)
-    host = Scope("this host's capacity", deps.host_capacity, _usage(active))
-    gpus: Counter[str] = Counter()
-    for record in active:
-        gpus.update(record.gpu_ids)
-    return user_scope, teams, host, shown, dict(gpus)
 
 
 def _resources(r: Resources) -> dict[str, Any]:
     return {"cpus": r.cpus, "memory": r.memory, "gpus": r.gpus}
 
 
-def offer_model(env: Environment, offer: Offer) -> dict[str, Any]:
+def limits_model(report: LaunchLimitsReport) -> dict[str, Any]:
+    """The body of ``GET /hub/api/users/{name}/limits``, from the domain's report."""
+    environments = []
+    for item in report.offers:
+        env, offer = item.environment, item.offer
+        environments.append(
+            {
+                "name": env.name,
+                "description": env.description,
+                "version": env.version,
+                "contents": env.contents,
+                "gpu": env.gpu,
+                "default": _resources(env.default),
+                "maximum": _resources(env.maximum),
+                "launchable": offer.launchable,
+                "reason": offer.reason,
+                "allowed": {"cpus": offer.cpus, "memory": offer.memory, "gpus": offer.gpus},
+                "limited_by": offer.limited_by,
+                "choices": offer.choices,
+                "preset": offer.default,
+            }
+        )
     return {
-        "name": env.name,
-        "description": env.description,
-        "version": env.version,
-        "contents": env.contents,
-        "gpu": env.gpu,
-        "default": _resources(env.default),
-        "maximum": _resources(env.maximum),
-        "launchable": offer.launchable,
-        "reason": offer.reason,
-        "allowed": {"cpus": offer.cpus, "memory": offer.memory, "gpus": offer.gpus},
-        "limited_by": offer.limited_by,
-        "choices": offer.choices,
-        "preset": offer.default,
-    }
-
-
-async def launch_limits(deps: WebDeps, user: User) -> dict[str, Any]:
-    """The body of ``GET /hub/api/users/{name}/limits``."""
-    user_scope, teams, host, shown, gpus_in_use = await admission_scopes(deps, user)
-    storage_refusal: str | None = None
-    if deps.storage is not None:
-        try:
-            await deps.storage.admit(user)
-        except QuotaExceeded as exc:
-            storage_refusal = exc.message
-    team_ids = await deps.teams.team_ids_of(user.id)
-    envs = [e for e in await deps.catalog.visible_to(team_ids, admin=user.is_admin) if e.launchable]
-    models = []
-    for env in envs:
-        free = free_gpu_count(deps.gpu_inventory, gpus_in_use, shareable=env.gpu_shareable)
-        offer = offer_for(env, user=user_scope, teams=teams, host=host, free_gpus=free)
-        if storage_refusal is not None:
-            offer = Offer(env.name, 0.0, 0, 0, False, storage_refusal, offer.limited_by)
-        models.append(offer_model(env, offer))
-    return {
-        "environments": models,
+        "environments": environments,
         "quota": {
-            "user": scope_use(user_scope),
-            "teams": [{"name": name, **scope_use(scope)} for name, scope in shown],
+            "user": scope_use(report.user),
+            "teams": [{"name": name, **scope_use(scope)} for name, scope in report.teams],
         },
     }
 
@@ -130,7 +66,7 @@ class LimitsHandler(ApiHandler):
     async def get(self, name: str) -> None:
         owner = await self.owner(name, "read:servers")
         self.set_header("Cache-Control", "no-store")
-        self.write_json(await launch_limits(self.deps, owner))
+        self.write_json(limits_model(await self.deps.launch_limits.for_user(owner)))
 
 
 _USE = {

@@ -635,4 +635,3 @@ class _Client(Relay, Reader):
             self.buf += data[end:]
         if self.req_body.done and len(self.buf) > self.config.max_header_size:
             self._pause_client()
-

@@ -19,7 +19,7 @@ from hub.domain.records import ServerRecord
 from hub.domain.resources import format_memory
 from hub.domain.servers import ServerState
 from hub.web.base import BaseHandler, authenticated_page
-from hub.web.limits_api import launch_limits
+from hub.web.limits_api import limits_model
 from hub.web.servers_api import server_model
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class HomeHandler(BaseHandler):
     async def get(self) -> None:
         assert self.user is not None
         records = await self.deps.servers.of_user(self.user.id)
-        limits = await launch_limits(self.deps, self.user)
+        limits = limits_model(await self.deps.launch_limits.for_user(self.user))
         data = {
             "user": self.user.name,
             "servers": [await server_view(self, r) for r in records],
@@ -79,7 +79,7 @@ class LaunchHandler(BaseHandler):
         records = await self.deps.servers.of_user(self.user.id)
         data = {
             "user": self.user.name,
-            "limits": await launch_limits(self.deps, self.user),
+            "limits": limits_model(await self.deps.launch_limits.for_user(self.user)),
             "servers": {r.name: r.state.value for r in records},
             "server": self.get_argument("server", ""),
             "environment": self.get_argument("environment", ""),
