@@ -55,6 +55,7 @@ from hub.domain.clock import SystemClock
 from hub.domain.errors import ConfigError, LabdockError
 from hub.domain.launch_limits import LaunchLimits
 from hub.domain.oidc import OidcIdentities
+from hub.domain.quota_admin import QuotaAdmin, QuotaAmounts
 from hub.domain.quotas import Limits
 from hub.domain.routes import Route, RouteTable
 from hub.domain.storage import StorageMeter, StorageQuota
@@ -369,6 +370,19 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
         teams=teams,
         throttle=LoginThrottle(SystemClock()),
         quotas=quotas,
+        quota_admin=QuotaAdmin(
+            store=quotas,
+            accounts=accounts,
+            teams=teams,
+            audit=audit,
+            user_default=QuotaAmounts(
+                cpus=quota.cpus,
+                memory=quota.memory,
+                gpus=quota.gpus,
+                servers=quota.servers,
+                storage=quota.storage,
+            ),
+        ),
         audit=audit,
         launch_limits=LaunchLimits(
             repo=servers, catalog=catalog, teams=teams, policy=policy, storage=storage

@@ -9,13 +9,14 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from hub.config import Settings
 from hub.db.accounts import SqlAccountRepo
+from hub.db.audit import SqlAuditLog
 from hub.db.engine import make_engine
 from hub.db.migrate import upgrade
-from hub.db.quotas import SqlQuotaRepo, describe_limits
+from hub.db.quotas import SqlQuotaRepo
 from hub.db.teams import SqlTeamRepo
 from hub.domain.accounts import Accounts, check_scopes, check_team_name
 from hub.domain.clock import SystemClock
-from hub.domain.errors import NotFound
+from hub.domain.quota_admin import QuotaAdmin, QuotaAmounts, QuotaKind
 from hub.passwords import Argon2Hasher
 
 
@@ -66,21 +67,24 @@ async def set_quota(
     engine = make_engine(settings.db_url)
     try:
         sessions = async_sessionmaker(engine, expire_on_commit=False)
-        if user is not None:
-            owner = await Accounts(SqlAccountRepo(sessions), Argon2Hasher(), SystemClock()).get(
-                user
-            )
-            row = await SqlQuotaRepo(sessions).set(
-                limits, user_id=owner.id, defaults=settings.quota.limits()
-            )
-            who = f"user {user}"
-        else:
-            assert team is not None
-            team_id = await SqlTeamRepo(sessions).find(team)
-            if team_id is None:
-                raise NotFound(f"no team {team!r}")
-            row = await SqlQuotaRepo(sessions).set(limits, team_id=team_id)
-            who = f"team {team}"
-        return f"quota of {who}: {describe_limits(row)}"
+        quota = settings.quota
+        admin = QuotaAdmin(
+            store=SqlQuotaRepo(sessions),
+            accounts=Accounts(SqlAccountRepo(sessions), Argon2Hasher(), SystemClock()),
+            teams=SqlTeamRepo(sessions),
+            audit=SqlAuditLog(sessions),
+            user_default=QuotaAmounts(
+                cpus=quota.cpus,
+                memory=quota.memory,
+                gpus=quota.gpus,
+                servers=quota.servers,
+                storage=quota.storage,
+            ),
+        )
+        kind: QuotaKind = "users" if user is not None else "teams"
+        name = user if user is not None else team
+        assert name is not None
+        standing = await admin.set(None, kind, name, limits)
+        return f"quota of {kind[:-1]} {name}: {standing.limits.describe()}"
     finally:
         await engine.dispose()

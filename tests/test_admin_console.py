@@ -427,7 +427,7 @@ async def test_admin_creates_a_team_and_raises_its_quota_beside_its_use(
     assert saved.code == 302
     team_id = await hub_server.hub.deps.teams.find("risk")
     described = await hub_server.hub.deps.quotas.describe(team_id=team_id)
-    assert described["limits"] == {
+    assert described.limits.as_dict() == {
         "cpus": 4.0,
         "memory": 8 * GiB,
         "gpus": None,
@@ -468,7 +468,7 @@ async def test_bad_quota_values_are_refused_and_the_old_quota_stays(
     # The editor shows what was typed, so nothing is lost.
     typed = next(iter(form.values()))
     assert f'value="{typed}"' in response.body.decode()
-    limits = (await quotas.describe(user_id=bob.id))["limits"]
+    limits = (await quotas.describe(user_id=bob.id)).limits.as_dict()
     assert limits["memory"] == 2 * GiB and limits["servers"] == 1
 
 
@@ -478,13 +478,13 @@ async def test_per_user_quota_override_and_lifting_a_limit(hub_server: RunningHu
     form = {"cpus": "1.5", "memory": "512M", "gpus": "0", "servers": "2", "storage": ""}
     assert (await browser.post("/hub/admin/quotas/users/bob", form)).code == 302
     quotas = hub_server.hub.deps.quotas
-    limits = (await quotas.describe(user_id=bob.id))["limits"]
+    limits = (await quotas.describe(user_id=bob.id)).limits.as_dict()
     assert limits == {"cpus": 1.5, "memory": 512 * 2**20, "gpus": 0, "servers": 2, "storage": None}
     page = await browser.get("/hub/admin/teams")
     assert "own quota" in text_of(page)
     lifted = dict(form, memory="")
     assert (await browser.post("/hub/admin/quotas/users/bob", lifted)).code == 302
-    assert (await quotas.describe(user_id=bob.id))["limits"]["memory"] is None
+    assert (await quotas.describe(user_id=bob.id)).limits.as_dict()["memory"] is None
     missing = await browser.post("/hub/admin/quotas/teams/ghosts", form)
     assert missing.code == 404 and "no team 'ghosts'" in text_of(missing)
 

@@ -6,7 +6,7 @@ await SqlQuotaRepo(sessions).set({"memory": 8 * GiB, "servers": 3}, user_id=7)
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -14,24 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub.db.engine import writing
 from hub.db.schema import MembershipRow, QuotaRow, ServerRow, TeamRow, UserRow
-from hub.domain.quotas import Limits
+from hub.domain.quota_admin import QUOTA_FIELDS, QuotaAmounts, QuotaOverview, QuotaStanding
+from hub.domain.quotas import Limits, Usage
 from hub.domain.records import ACTIVE_STATES
-from hub.domain.resources import format_memory
 from hub.domain.storage import StorageLimits, TeamStorage
 
-FIELDS = ("cpus", "memory", "gpus", "servers", "storage")
-
-
-def describe_limits(row: QuotaRow) -> str:
-    """``cpus 4, memory 16 GiB, servers 3`` (unset limits are left out)."""
-    parts = []
-    for name in FIELDS:
-        value = getattr(row, name)
-        if value is None:
-            continue
-        shown = format_memory(value) if name in ("memory", "storage") else f"{value:g}"
-        parts.append(f"{name} {shown}")
-    return ", ".join(parts) or "no limits of its own"
+FIELDS = QUOTA_FIELDS
 
 
 class StorageFigures(Protocol):
@@ -58,8 +46,8 @@ class SqlQuotaRepo:
         user_id: int | None = None,
         team_id: int | None = None,
         defaults: Mapping[str, float | int | None] | None = None,
-    ) -> QuotaRow:
-        """Change the named fields, creating the row if needed; return the row.
+    ) -> None:
+        """Change the named fields, creating the row if needed.
 
         A new row starts from ``defaults`` (the hub's default quota, for a user), so
         that setting one limit does not silently lift the others.
@@ -79,7 +67,7 @@ class SqlQuotaRepo:
                             raise ValueError(f"unknown quota field {name}")
                         setattr(row, name, value)
                     await s.flush()
-                    return row
+                    return
             except IntegrityError:
                 continue  # created concurrently; update it on the second pass
         raise RuntimeError("the quota row could not be written")
@@ -94,7 +82,7 @@ class SqlQuotaRepo:
                 return None
             return Limits(cpus=row.cpus, memory=row.memory, gpus=row.gpus, servers=row.servers)
 
-    async def _usage(self, s: AsyncSession, user_ids: list[int]) -> dict[str, float | int]:
+    async def _usage(self, s: AsyncSession, user_ids: list[int]) -> Usage:
         active = [st.value for st in ACTIVE_STATES]
         row = (
             await s.execute(
@@ -106,16 +94,11 @@ class SqlQuotaRepo:
                 ).where(ServerRow.user_id.in_(user_ids), ServerRow.state.in_(active))
             )
         ).one()
-        return {
-            "cpus": float(row[0]),
-            "memory": int(row[1]),
-            "gpus": int(row[2]),
-            "servers": int(row[3]),
-        }
+        return Usage(cpus=float(row[0]), memory=int(row[1]), gpus=int(row[2]), servers=int(row[3]))
 
     async def describe(
         self, *, user_id: int | None = None, team_id: int | None = None
-    ) -> dict[str, Any]:
+    ) -> QuotaStanding:
         """A quota's limits (``None``: none of its own) beside what is used now."""
         owner = QuotaRow.user_id == user_id if user_id is not None else QuotaRow.team_id == team_id
         async with self._sessions() as s:
@@ -128,11 +111,27 @@ class SqlQuotaRepo:
                         select(MembershipRow.user_id).where(MembershipRow.team_id == team_id)
                     )
                 )
-            limits = {name: getattr(row, name) if row else None for name in FIELDS}
-            used: dict[str, Any] = await self._usage(s, members)
-            if self._storage is not None:
-                used["storage"] = self._storage.used_by(members, team_id)
-            return {"limits": limits, "used": used}
+            usage = await self._usage(s, members)
+        storage = self._storage.used_by(members, team_id) if self._storage is not None else None
+        limits = (
+            QuotaAmounts(
+                cpus=row.cpus,
+                memory=row.memory,
+                gpus=row.gpus,
+                servers=row.servers,
+                storage=row.storage,
+            )
+            if row is not None
+            else QuotaAmounts()
+        )
+        used = QuotaAmounts(
+            cpus=usage.cpus,
+            memory=usage.memory,
+            gpus=usage.gpus,
+            servers=usage.servers,
+            storage=storage,
+        )
+        return QuotaStanding(limits=limits, used=used)
 
     async def storage_limits(self, user_id: int, *, default: int | None) -> StorageLimits:
         """The user's storage limit (``default`` without a quota row) and their teams'."""
@@ -162,7 +161,7 @@ class SqlQuotaRepo:
             ),
         )
 
-    async def overview(self) -> dict[str, Any]:
+    async def overview(self) -> QuotaOverview:
         """Every user's and every team's quota and use, for the admin console."""
         async with self._sessions() as s:
             users = list(
@@ -171,7 +170,7 @@ class SqlQuotaRepo:
             teams = list(
                 (await s.execute(select(TeamRow.id, TeamRow.name).order_by(TeamRow.name))).all()
             )
-        return {
-            "users": {name: await self.describe(user_id=uid) for uid, name in users},
-            "teams": {name: await self.describe(team_id=tid) for tid, name in teams},
-        }
+        return QuotaOverview(
+            users={name: await self.describe(user_id=uid) for uid, name in users},
+            teams={name: await self.describe(team_id=tid) for tid, name in teams},
+        )

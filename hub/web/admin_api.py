@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from hub.domain.accounts import User, check_team_name, may_act_on
-from hub.domain.errors import Forbidden, InvalidInput, NotFound
+from hub.domain.errors import Forbidden, InvalidInput
+from hub.domain.quota_admin import QuotaStanding, quota_kind
 from hub.domain.resources import MAX_SIZE, parse_memory
 from hub.web.deps import WebDeps
 from hub.web.openapi import USERNAME_PATTERN, errors, json_body, json_content, param, ref
@@ -150,40 +151,38 @@ def quota_limits(body: dict[str, Any]) -> dict[str, float | int | None]:
     return limits
 
 
+def standing_model(standing: QuotaStanding) -> dict[str, Any]:
+    """``{"limits": {...}, "used": {...}}``: null limits are none of its own."""
+    return {"limits": standing.limits.as_dict(), "used": standing.used.as_dict()}
+
+
 class QuotasHandler(ApiHandler):
     """``GET /hub/api/quotas``: every user's and team's quota."""
 
     async def get(self) -> None:
         self.require("admin:quotas")
-        self.write_json(await self.deps.quotas.overview())
+        overview = await self.deps.quota_admin.overview()
+        self.write_json(
+            {
+                "users": {name: standing_model(q) for name, q in overview.users.items()},
+                "teams": {name: standing_model(q) for name, q in overview.teams.items()},
+            }
+        )
 
 
 class QuotaHandler(ApiHandler):
     """``GET/PUT /hub/api/quotas/(users|teams)/{name}``."""
 
-    async def _owner_ids(self, kind: str, name: str) -> dict[str, int]:
-        if kind == "users":
-            return {"user_id": (await self.deps.accounts.get(name)).id}
-        team_id = await self.deps.teams.find(name)
-        if team_id is None:
-            raise NotFound(f"no team {name!r}")
-        return {"team_id": team_id}
-
     async def get(self, kind: str, name: str) -> None:
         self.require("admin:quotas")
-        ids = await self._owner_ids(kind, name)
-        self.write_json(await self.deps.quotas.describe(**ids))
+        standing = await self.deps.quota_admin.describe(quota_kind(kind), name)
+        self.write_json(standing_model(standing))
 
     async def put(self, kind: str, name: str) -> None:
         actor = self.require("admin:quotas")
         limits = quota_limits(self.json_body())
-        ids = await self._owner_ids(kind, name)
-        defaults = self.deps.settings.quota.limits() if kind == "users" else None
-        await self.deps.quotas.set(limits, defaults=defaults, **ids)
-        await self.deps.audit.record(
-            actor_id=actor.id, action="quota.set", target=f"{kind[:-1]}:{name}", detail=dict(limits)
-        )
-        self.write_json(await self.deps.quotas.describe(**ids))
+        standing = await self.deps.quota_admin.set(actor, quota_kind(kind), name, limits)
+        self.write_json(standing_model(standing))
 
 
 OPENAPI_SCHEMAS: dict[str, Any] = {

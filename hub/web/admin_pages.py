@@ -26,6 +26,7 @@ from urllib.parse import urlencode, urlsplit
 
 from hub.domain.accounts import User, check_team_name
 from hub.domain.errors import Forbidden, InvalidInput, LabdockError, NotFound
+from hub.domain.quota_admin import QuotaStanding, quota_kind
 from hub.domain.records import ACTIVE_STATES, ServerRecord
 from hub.domain.resources import format_memory, parse_memory
 from hub.web.admin_api import update_user
@@ -98,12 +99,11 @@ def team_names(raw: str) -> list[str]:
     return names
 
 
-def quota_rows(described: dict[str, Any]) -> list[dict[str, Any]]:
+def quota_rows(standing: QuotaStanding) -> list[dict[str, Any]]:
     """One row per limit for the editor: the limit, what is used, and a meter's numbers."""
-    limits, used = described.get("limits", {}), described.get("used", {})
     rows = []
     for field in QUOTA_FIELDS:
-        limit, use = limits.get(field), used.get(field)
+        limit, use = getattr(standing.limits, field), getattr(standing.used, field)
         rows.append(
             {
                 "field": field,
@@ -358,23 +358,23 @@ class TeamsPage(AdminPage):
 
 
 async def show_teams(page: AdminPage, status: int = 200, **context: Any) -> None:
-    overview = await page.deps.quotas.overview()
+    overview = await page.deps.quota_admin.overview()
     teams = {t.name: t for t in await page.deps.teams.all_teams()}
     team_rows = [
         {
             "name": name,
             "members": teams[name].members if name in teams else (),
-            "rows": quota_rows(described),
+            "rows": quota_rows(standing),
         }
-        for name, described in overview.get("teams", {}).items()
+        for name, standing in overview.teams.items()
     ]
     user_rows = [
         {
             "name": name,
-            "rows": quota_rows(described),
-            "own": any(v is not None for v in described.get("limits", {}).values()),
+            "rows": quota_rows(standing),
+            "own": any(v is not None for v in standing.limits.as_dict().values()),
         }
-        for name, described in overview.get("users", {}).items()
+        for name, standing in overview.users.items()
     ]
     q = page.deps.settings.quota
     context.setdefault(
@@ -398,14 +398,8 @@ class QuotaPage(AdminPage):
         form = {f: self.get_argument(f, "") for f in QUOTA_FIELDS}
         anchor = f"{'team' if kind == 'teams' else 'user'}-{name}"
         try:
-            if kind == "users":
-                ids = {"user_id": (await self.deps.accounts.get(name)).id}
-            else:
-                team_id = await self.deps.teams.find(name)
-                if team_id is None:
-                    raise NotFound(f"no team {name!r}")
-                ids = {"team_id": team_id}
             limits = parse_quota_form(form)
+            await self.deps.quota_admin.set(actor, quota_kind(kind), name, limits)
         except LabdockError as exc:
             await show_teams(
                 self,
@@ -414,8 +408,6 @@ class QuotaPage(AdminPage):
                 editing={"anchor": anchor, "form": form},
             )
             return
-        await self.deps.quotas.set(limits, user_id=ids.get("user_id"), team_id=ids.get("team_id"))
-        await self.audit(actor, "quota.set", f"{kind[:-1]}:{name}", **limits)
         self.done(f"The quota of {kind[:-1]} {name} is saved.", f"/hub/admin/teams#{anchor}")
 
 

@@ -5,10 +5,10 @@ app = Application([(r"/hub/login", LoginHandler, {"deps": deps})])
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from jinja2 import Environment
 
@@ -17,6 +17,7 @@ from hub.domain.accounts import Accounts, TeamDirectory
 from hub.domain.audit import AuditLog, RefusalDigest
 from hub.domain.catalog import Catalog, ImageStore
 from hub.domain.launch_limits import LaunchLimits
+from hub.domain.quota_admin import QuotaAdmin, QuotaStore
 from hub.domain.quotas import Limits
 from hub.domain.records import WorkspaceRepo
 from hub.domain.stats import StatsReader
@@ -29,29 +30,6 @@ if TYPE_CHECKING:
     from hub.web.oidc import OidcLogin
 
 HealthCheck = Callable[[], Awaitable[None]]
-
-
-class QuotaStore(Protocol):
-    """Quotas as the admin API reads and writes them."""
-
-    async def set(
-        self,
-        limits: Mapping[str, float | int | None],
-        *,
-        user_id: int | None = None,
-        team_id: int | None = None,
-        defaults: Mapping[str, float | int | None] | None = None,
-    ) -> object: ...
-
-    async def describe(
-        self, *, user_id: int | None = None, team_id: int | None = None
-    ) -> dict[str, Any]: ...
-
-    async def overview(self) -> dict[str, Any]: ...
-
-    async def limits_of(
-        self, *, user_id: int | None = None, team_id: int | None = None
-    ) -> Limits | None: ...
 
 
 @dataclass(frozen=True)
@@ -70,6 +48,7 @@ class WebDeps:
     teams: TeamDirectory
     throttle: LoginThrottle
     quotas: QuotaStore
+    quota_admin: QuotaAdmin
     audit: AuditLog
     # What admission would grant now: the launch form's bounds and GET .../limits.
     launch_limits: LaunchLimits
