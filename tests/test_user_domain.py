@@ -506,7 +506,7 @@ async def test_the_callback_refuses_reused_expired_foreign_and_planted_codes(
     assert not victim.jars.get(f"bob.{DOMAIN}", {}).get("labdock-user")
 
 
-async def test_the_hub_mints_no_code_for_a_foreign_next_or_someone_elses_host(
+async def test_the_hub_mints_no_code_for_a_foreign_next_a_token_or_someone_elses_host(
     domain_hub: DomainHub,
 ) -> None:
     bob = await domain_hub.login("bob")
@@ -529,6 +529,16 @@ async def test_the_hub_mints_no_code_for_a_foreign_next_or_someone_elses_host(
     root = await domain_hub.login("root")
     got = await root.fetch(f"{domain_hub.hub_url}/hub/user-auth?{query}")
     assert got.code == 403
+    # A token opens no user host, even beside someone's session cookie.
+    accounts = domain_hub.hub.deps.accounts
+    token = await accounts.create_token(await accounts.get("alice"))
+    query = urlencode({"next": domain_hub.host("alice") + "/user/alice/", "state": state})
+    for client in (Client(domain_hub.port), bob):
+        got = await client.fetch(
+            f"{domain_hub.hub_url}/hub/user-auth?{query}", Authorization=f"token {token}"
+        )
+        assert got.code == 401, got.code
+        assert "Location" not in got.headers
     # Nobody signed in: the login page first, coming back here after.
     got = await Client(domain_hub.port).fetch(f"{domain_hub.hub_url}/hub/user-auth?{query}")
     assert got.code == 302 and got.headers["Location"].startswith("/hub/login?next=")

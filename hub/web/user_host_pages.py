@@ -112,7 +112,9 @@ class UserAuthHandler(BaseHandler):
         raw = self.get_signed_cookie(
             self.deps.session_cookie, max_age_days=self.deps.settings.hub.session_hours / 24 + 1
         )
-        if not raw:
+        session_user = await self.deps.accounts.session_user(raw.decode()) if raw else None
+        if raw is None or session_user is None or session_user.id != user.id:
+            # A token (with or without someone's cookie beside it) opens no user host.
             raise Unauthorized("sign in with a browser: an API token opens no user host")
         if not may_use_servers_of(user, owner, self.routes, admin_access=admin_access(self.deps)):
             raise Forbidden(
