@@ -26,7 +26,7 @@ import tornado.httpserver
 import tornado.testing
 import tornado.web
 import tornado.websocket
-from tornado.web import create_signed_value
+from tornado.web import create_signed_value, decode_signed_value
 
 from hub.app import Hub, build_hub
 from hub.config import Settings, load_settings
@@ -379,18 +379,19 @@ async def domain_hub(
             await built.listen(port, "127.0.0.1")
         accounts = built.deps.accounts
         alice, _ = await accounts.create_user("alice", PASSWORD)
-        await accounts.create_user("bob", PASSWORD)
+        bob, _ = await accounts.create_user("bob", PASSWORD)
         await accounts.create_user("root", PASSWORD, is_admin=True)
-        built.routes.add(
-            Route(
-                user="alice",
-                server="",
-                user_id=alice.id,
-                server_id=1,
-                target=f"http://127.0.0.1:{up_port}",
-                secret="up-secret",
+        for server_id, user in enumerate((alice, bob), start=1):
+            built.routes.add(
+                Route(
+                    user=user.name,
+                    server="",
+                    user_id=user.id,
+                    server_id=server_id,
+                    target=f"http://127.0.0.1:{up_port}",
+                    secret="up-secret",
+                )
             )
-        )
         try:
             yield DomainHub(built, port, request.param)
         finally:
@@ -605,3 +606,23 @@ async def test_a_cookie_for_another_users_host_or_a_forged_one_lets_nobody_in(
     for value in (bob_value, bob_value[:-2] + "00", "garbage"):
         got = await stranger.fetch(url, Cookie=f"labdock-user={value}", Accept="*/*")
         assert got.code == 401, value
+
+
+async def test_whoever_may_use_two_servers_reaches_each_only_on_its_owners_host(
+    domain_hub: DomainHub,
+) -> None:
+    """An admin's cookie for alice's host (as admin access would give) opens no path of
+    bob's there: a page on alice's host never gets to script bob's server."""
+    root = await domain_hub.login("root")
+    raw = root.jars["localhost"]["labdock-session"].strip('"')
+    session = decode_signed_value(SECRET, "labdock-session", raw)
+    assert session is not None
+    alice_host = f"alice.{DOMAIN}"
+    cookie = f"labdock-user={domain_hub.hosts.sign(alice_host, session.decode())}"
+    got = await root.fetch(
+        domain_hub.host("alice") + "/user/alice/echo", Cookie=cookie, Accept="*/*"
+    )
+    assert got.code == 200, got.body
+    for path in ("/user/bob/echo", "/user/bob/ws"):
+        got = await root.fetch(domain_hub.host("alice") + path, Cookie=cookie, Accept="*/*")
+        assert got.code == 404, (path, got.code, got.body[:200])
