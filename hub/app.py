@@ -525,5 +525,10 @@ async def serve(settings: Settings) -> None:
             f"labdock {hub.__version__} serving on http://{settings.hub.ip}:{settings.hub.port}/",
             flush=True,
         )
+        if settings.hub.user_domain:
+            print(
+                f"users' servers answer on their own hosts: <name>.{settings.hub.user_domain}",
+                flush=True,
+            )
         await stop.wait()
         print("labdock: shutting down", file=sys.stderr, flush=True)

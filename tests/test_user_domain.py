@@ -366,9 +366,7 @@ async def domain_hub(
         port = free_port()
     changed = replace(
         settings,
-        hub=replace(
-            settings.hub, public_url=f"http://localhost:{port}", user_domain=DOMAIN
-        ),
+        hub=replace(settings.hub, public_url=f"http://localhost:{port}", user_domain=DOMAIN),
     )
     server: tornado.httpserver.HTTPServer | None = None
     async with build_hub(changed) as built:
@@ -456,6 +454,13 @@ async def test_owner_signs_in_through_the_hub_and_reaches_her_server_without_hub
     seen = json.loads(got.body)
     assert seen["authorization"] == "token up-secret"
     assert "labdock" not in seen["cookie"], seen  # neither cookie reaches her server
+    # API clients use the user host with a token, as they used the hub's host.
+    accounts = domain_hub.hub.deps.accounts
+    token = await accounts.create_token(await accounts.get("alice"))
+    got = await Client(domain_hub.port).fetch(
+        host + "/user/alice/echo", Authorization=f"token {token}", Accept="*/*"
+    )
+    assert got.code == 200 and json.loads(got.body)["authorization"] == "token up-secret"
     # The hub's session cookie is worth nothing on a user host.
     hub_cookie = alice.jars["localhost"]["labdock-session"]
     got = await Client(domain_hub.port).fetch(

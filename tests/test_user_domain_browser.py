@@ -95,9 +95,7 @@ class FrontBrowserHub(BrowserHub):
 def domain_hub(settings: Settings) -> Iterator[FrontBrowserHub]:
     sock, port = tornado.testing.bind_unused_port()
     sock.close()
-    hub_settings = replace(
-        settings.hub, public_url=f"http://localhost:{port}", user_domain=DOMAIN
-    )
+    hub_settings = replace(settings.hub, public_url=f"http://localhost:{port}", user_domain=DOMAIN)
     if ADMIN_ACCESS:
         hub_settings = replace(hub_settings, admin_access=True)  # type: ignore[call-arg]
     hub = FrontBrowserHub(replace(settings, hub=hub_settings), port).start()

@@ -123,9 +123,7 @@ class UserAuthHandler(BaseHandler):
         code = self.hosts.codes.mint(
             session=raw.decode(), host=host, state=state, next_url=next_url
         )
-        self.redirect(
-            self.hosts.origin_of(owner) + CALLBACK_PATH + "?" + urlencode({"code": code})
-        )
+        self.redirect(self.hosts.origin_of(owner) + CALLBACK_PATH + "?" + urlencode({"code": code}))
 
 
 class ToUserHostHandler(BaseHandler):
