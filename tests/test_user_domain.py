@@ -85,6 +85,8 @@ def test_labels_of_no_user_name_have_no_owner() -> None:
     assert hosts.owner_of("alice.users.example.org.evil.com") is None
     assert hosts.owner_of("hub.example.org") is None
     assert hosts.origin_of("alice") == "https://alice.users.example.org"
+    explicit = make_hosts(hub_url="https://hub.example.org:443")
+    assert explicit.origin_of("alice") == "https://alice.users.example.org"
     assert make_hosts(hub_url="http://localhost:8123").origin_of("a.b") == (
         "http://u--mexge.users.example.org:8123"
     )

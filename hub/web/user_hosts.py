@@ -169,7 +169,9 @@ class UserHosts:
         hub = urlsplit(hub_url)
         self.domain = domain.lower()
         self.scheme = hub.scheme
-        self.port = hub.port
+        # Browsers leave a scheme's own port out of Origin: so do user hosts' addresses.
+        default = {"http": 80, "https": 443}.get(hub.scheme)
+        self.port = None if hub.port == default else hub.port
         self.hub_origin = f"{hub.scheme}://{hub.netloc}".lower()
         self._secret = secret
         self._max_age_days = max_age_days
