@@ -84,6 +84,8 @@ from hub.web.metrics import HubMetrics, MetricsHandler
 from hub.web.proxy import front_proxy, proxy_routes
 from hub.web.proxy_fast import FrontProxy
 from hub.web.proxy_upstream import UpstreamPool
+from hub.web.user_host_pages import hub_host_routes, user_host_rules
+from hub.web.user_hosts import UserHosts
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +400,11 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
     activity, upstream = ActivityTracker(every=30.0), UpstreamPool()
     secret = cookie_secret(settings)
     hub_socket = str(Path(tempfile.gettempdir()) / f"labdock-{secrets.token_hex(8)}" / "hub.sock")
-    front = front_proxy(deps, routes, activity, hub=f"unix:{hub_socket}", cookie_secret=secret)
+    # Subdomain mode: users' servers on hosts of their own (None: under the hub's own host).
+    hosts = UserHosts.from_settings(settings, secret=secret)
+    front = front_proxy(
+        deps, routes, activity, hub=f"unix:{hub_socket}", cookie_secret=secret, hosts=hosts
+    )
 
     def forget(route: Route) -> None:
         upstream.discard(route.target)
@@ -409,13 +415,19 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
     await workspaces.reconcile()
     watcher = asyncio.create_task(watch_engine(workspaces, backend), name="engine-events")
     measuring = asyncio.create_task(meter.run(quota.storage_interval), name="storage-meter")
+    app = make_app(
+        deps,
+        secret,
+        proxy_routes(deps, routes, activity, upstream=upstream)
+        if hosts is None
+        else hub_host_routes(deps, hosts, routes),
+        metrics=HubMetrics(capacity=capacity, relayed=lambda: front.relayed),
+    )
+    if hosts is not None:
+        # Before the hub's own handlers: nothing of the hub answers on a user's host.
+        app.add_handlers(*user_host_rules(deps, hosts, routes, activity, upstream))
     built = Hub(
-        app=make_app(
-            deps,
-            secret,
-            proxy_routes(deps, routes, activity, upstream=upstream),
-            metrics=HubMetrics(capacity=capacity, relayed=lambda: front.relayed),
-        ),
+        app=app,
         deps=deps,
         engine=engine,
         executor=executor,
@@ -532,5 +544,10 @@ async def serve(settings: Settings) -> None:
             f"labdock {hub.__version__} serving on http://{settings.hub.ip}:{settings.hub.port}/",
             flush=True,
         )
+        if settings.hub.user_domain:
+            print(
+                f"users' servers answer on their own hosts: <name>.{settings.hub.user_domain}",
+                flush=True,
+            )
         await stop.wait()
         print("labdock: shutting down", file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 import types
 import typing
@@ -47,6 +48,17 @@ class HubSettings:
     launch_wait: float = 30.0
     # Empty: generated once and kept in the database. Prefixes container names.
     id: str = ""
+    # Subdomain mode (empty: path mode). Each user's servers answer only on a host of
+    # their own, /user/alice/... at <scheme>://alice.<user_domain>[:port]/user/alice/...,
+    # so that no user's code shares an origin with the hub or with another user; the
+    # hub's /user/ paths redirect there. Needs hub.public_url (the hub's own origin,
+    # not under this domain), a wildcard DNS record *.<user_domain> pointing at the hub
+    # (or its TLS proxy) and, for HTTPS, a wildcard certificate for *.<user_domain>
+    # beside the hub's own. Names that are not DNS labels get "u--<base32 of name>".
+    # A domain on another registrable domain than the hub's (hub.example.org and
+    # *.example-users.org) also stops the browser sending the hub's SameSite cookies
+    # from users' pages; under the same one, HTTPS is needed for __Host- cookies.
+    user_domain: str = ""
 
 
 @dataclass(frozen=True)
@@ -247,6 +259,8 @@ def _check(settings: Settings) -> Settings:
         raise ConfigError(
             f"hub.public_url: must start with http:// or https://, got {hub.public_url!r}"
         )
+    if hub.user_domain:
+        _check_user_domain(hub.user_domain, hub.public_url)
     if settings.backend.threads < 1:
         raise ConfigError("backend.threads: must be at least 1")
     url = settings.db.url
@@ -270,6 +284,35 @@ def _check(settings: Settings) -> Settings:
         raise ConfigError("quota.storage_interval: must be at least 1 second")
     _check_oidc(settings.oidc)
     return settings
+
+
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+
+
+def _check_user_domain(domain: str, public_url: str) -> None:
+    """Refuse a user domain that could not keep users' code off the hub's origin."""
+    if not re.fullmatch(rf"{_LABEL}(\.{_LABEL})+", domain):
+        raise ConfigError(
+            "hub.user_domain: expected a lower-case host name such as users.example.org "
+            f"(no scheme, port or leading dot), got {domain!r}"
+        )
+    if not public_url:
+        raise ConfigError(
+            "hub.user_domain: needs hub.public_url, the hub's own address "
+            "(such as https://hub.example.org), where user hosts send browsers to sign in"
+        )
+    hub = urlsplit(public_url)
+    name = (hub.hostname or "").lower()
+    if name == domain or name.endswith("." + domain):
+        raise ConfigError(
+            f"hub.user_domain: the hub's host {name!r} must not be {domain!r} or under it, "
+            "or users' servers would share the hub's origin"
+        )
+    if hub.path not in ("", "/") or hub.query or hub.fragment:
+        raise ConfigError(
+            "hub.public_url: must be an origin without a path in subdomain mode, "
+            f"got {public_url!r}"
+        )
 
 
 def _check_oidc(oidc: OidcSettings) -> None:

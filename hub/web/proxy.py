@@ -73,6 +73,7 @@ from hub.web.proxy_upstream import (
     UpstreamPool,
 )
 from hub.web.proxy_ws import WebSocketBridge
+from hub.web.user_hosts import UserHosts
 
 Describe = Callable[[str, str], Awaitable[str | None]]
 """``describe(user_name, server_name)``: the server's state in words, or ``None`` if not running."""
@@ -152,6 +153,7 @@ def front_proxy(
     cookie_secret: bytes,
     pool: ConnectionPool | None = None,
     auth_ttl: float = 2.0,
+    hosts: UserHosts | None = None,
 ) -> FrontProxy:
     """The fast path in front of the hub's handlers (see ``hub.web.proxy_fast``).
 
@@ -159,7 +161,8 @@ def front_proxy(
     not answer itself (``unix:/path``); that listener must trust ``X-Real-Ip``
     (``xheaders=True``) and nothing but the front may reach it. Logging out,
     revoking a token or changing a password takes effect on the fast path
-    within ``auth_ttl`` seconds.
+    within ``auth_ttl`` seconds. With ``hosts`` (subdomain mode), ``/user/``
+    paths pass only on their owner's host (``hub.web.user_hosts``).
     """
     public = urlsplit(deps.settings.hub.public_url)
     auth = ProxyAuth(
@@ -168,7 +171,9 @@ def front_proxy(
         session_cookie=deps.session_cookie,
         max_age_days=deps.settings.hub.session_hours / 24 + 1,
         ttl=auth_ttl,
+        hosts=hosts,
     )
+    host_cookies = {hosts.cookie, hosts.state_cookie} if hosts is not None else set()
     config = FrontConfig(
         routes=routes,
         activity=activity,
@@ -177,7 +182,7 @@ def front_proxy(
         refuse=_front_refusal(deps.templates.from_string(_PAGE)),
         public_origin=f"{public.scheme}://{public.netloc}".lower() if public.netloc else "",
         public_scheme=public.scheme if public.netloc else "",
-        hub_cookies=frozenset({deps.session_cookie, "_xsrf"}),
+        hub_cookies=frozenset({deps.session_cookie, "_xsrf", *host_cookies}),
     )
     return FrontProxy(config, pool if pool is not None else ConnectionPool())
 

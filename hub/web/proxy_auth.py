@@ -17,6 +17,10 @@ drops everything at once, for a process that learns of such a change.
 
 Only positive answers are kept: an unknown credential is never cached, so that
 it keeps being refused by the hub's own handler, which says why.
+
+In subdomain mode (``hosts``), a request to a user's host presents that host's
+own cookie instead of the hub's (``hub.web.user_hosts``): it names a hub
+session, and is looked up, kept and dropped exactly as the hub's cookie is.
 """
 
 from __future__ import annotations
@@ -24,14 +28,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tornado.httputil import parse_cookie
 from tornado.web import decode_signed_value
 
 from hub.domain.accounts import SCOPES, TOKEN_PREFIX, Accounts, User
 
+if TYPE_CHECKING:
+    from hub.web.user_hosts import UserHosts
+
 Credential = tuple[str, str]
-"""``("token", value)`` or ``("session", signed cookie value)``."""
+"""``("token", value)``, ``("session", signed cookie value)`` or, on a user host,
+``("host", hub session id)`` (its cookie already checked for that host)."""
+# What a user host's cookie lets through: that host's servers, nothing of the hub's.
+_HOST_SCOPES = frozenset({"access:servers"})
 
 
 def hub_token(authorization: str | None) -> str | None:
@@ -73,8 +84,10 @@ class ProxyAuth:
         ttl: float = 2.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        hosts: UserHosts | None = None,
     ) -> None:
         self._accounts = accounts
+        self.hosts = hosts
         self._secret = cookie_secret
         self.session_cookie = session_cookie
         self._max_age_days = max_age_days
@@ -83,14 +96,21 @@ class ProxyAuth:
         self._clock = clock
         self._grants: dict[Credential, Grant] = {}
 
-    def credential(self, authorization: str | None, cookie: str | None) -> Credential | None:
+    def credential(
+        self, authorization: str | None, cookie: str | None, host: str | None = None
+    ) -> Credential | None:
         """What the request presents, read the way ``ProxyHandler.prepare`` reads it.
 
         A hub token in ``Authorization`` wins over a cookie, as in the hub's handlers.
+        On a user host (subdomain mode), only that host's own cookie counts.
         """
         token = hub_token(authorization)
         if token is not None:
             return ("token", token)
+        hosts = self.hosts
+        if hosts is not None and host is not None and hosts.is_user_host(host):
+            session = hosts.session_in(host, cookie)
+            return ("host", session) if session else None
         if cookie and self.session_cookie in cookie:
             raw = parse_cookie(cookie).get(self.session_cookie)
             if raw:
@@ -115,6 +135,11 @@ class ProxyAuth:
             if found is None:
                 return None
             user, scopes = found.user, found.scopes
+        elif kind == "host":
+            host_user = await self._accounts.session_user(value)
+            if host_user is None:
+                return None
+            user, scopes = host_user, _HOST_SCOPES
         else:
             session = decode_signed_value(
                 self._secret, self.session_cookie, value, max_age_days=self._max_age_days

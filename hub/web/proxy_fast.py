@@ -372,6 +372,10 @@ class _Client(Relay, Reader):
             self._to_hub()
             return None
         config = self.config
+        hosts = config.auth.hosts
+        if hosts is not None and hosts.owner_of(request.fields.get("host") or "") is None:
+            self._to_hub()  # subdomain mode: the hub sends it to its owner's host
+            return None
         if request is self._memo_request:
             memo = self._memo_pass
             assert memo is not None
@@ -415,7 +419,9 @@ class _Client(Relay, Reader):
         fields = request.fields
         authorization = fields.get("authorization")
         self._block = request.block
-        self._block_credential = self.config.auth.credential(authorization, fields.get("cookie"))
+        self._block_credential = self.config.auth.credential(
+            authorization, fields.get("cookie"), fields.get("host")
+        )
         self._block_token = hub_token(authorization) is not None
         self._block_html = "text/html" in (fields.get("accept") or "")
         self._block_upstream = None  # made when first needed
@@ -458,6 +464,10 @@ class _Client(Relay, Reader):
         host = request.fields.get("host") or "127.0.0.1"
         if "," in host:
             self._to_hub()  # two Host headers: let the hub's handler refuse it
+            return None
+        hosts = config.auth.hosts
+        if hosts is not None and not hosts.may_serve(host, route.user):
+            self._to_hub()  # another user's path on this user's host: the hub refuses it
             return None
         # What the proxy adds depends only on the route and the client: kept per connection.
         if self._forwarded_for is not route or self._forwarded_host != host:
@@ -514,12 +524,15 @@ class _Client(Relay, Reader):
 
     def _origin_allowed(self, request: Head) -> bool:
         origin = request.fields.get("origin")
+        host = request.fields.get("host") or "127.0.0.1"
+        hosts = self.config.auth.hosts
+        if hosts is not None and hosts.is_user_host(host):
+            return hosts.origin_allowed(origin, host)  # that host's own pages only
         if origin is None:
             return True
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             return False
-        host = request.fields.get("host") or "127.0.0.1"
         if parts.netloc.lower() == host.lower():
             return True
         return f"{parts.scheme}://{parts.netloc}".lower() == self.config.public_origin
