@@ -157,3 +157,65 @@ async def test_a_recreated_name_never_gets_the_deleted_users_id(parts, db_url: s
     engine.dispose()
     again, _ = await accounts.create_user("alice", "correct horse")
     assert again.id != first.id  # containers and volumes are keyed by id
+
+
+async def test_a_password_change_ends_every_other_session_but_the_current_one(parts) -> None:  # type: ignore[no-untyped-def]
+    accounts, _, _ = parts
+    user, _ = await accounts.create_user("alice", "correct horse")
+    here = await accounts.start_session(user, hours=12)
+    thief = await accounts.start_session(user, hours=12)
+    bob, _ = await accounts.create_user("bob", "correct horse")
+    others = await accounts.start_session(bob, hours=12)
+    await accounts.change_password(user.id, "correct horse", "a new secret", current_session=here)
+    assert await accounts.session_user(thief) is None
+    assert await accounts.session_user(here) == user
+    assert await accounts.session_user(others) == bob
+
+
+async def test_a_reset_ends_every_session_and_revokes_tokens_only_when_asked(parts) -> None:  # type: ignore[no-untyped-def]
+    accounts, _, _ = parts
+    user, _ = await accounts.create_user("alice", "correct horse")
+    session = await accounts.start_session(user, hours=12)
+    token = await accounts.create_token(user)
+    await accounts.reset_password(user)
+    assert await accounts.session_user(session) is None
+    assert await accounts.token_grant(token) is not None
+    await accounts.reset_password(user, revoke_tokens=True)
+    assert await accounts.token_grant(token) is None
+    assert await accounts.tokens_of(user) == []
+
+
+async def test_a_revoked_tokens_id_is_never_given_to_a_new_token(parts) -> None:  # type: ignore[no-untyped-def]
+    accounts, _, _ = parts
+    user, _ = await accounts.create_user("alice", "correct horse")
+    first = await accounts.create_token(user)
+    [info] = await accounts.tokens_of(user)
+    await accounts.revoke_token(user, info.id)
+    assert await accounts.token_grant(first) is None
+    await accounts.create_token(user)
+    [again] = await accounts.tokens_of(user)
+    assert again.id != info.id  # a stale id in someone's script must not hit the new token
+
+
+async def test_tokens_take_the_default_expiry_unless_given_one(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        clock = StepClock()
+        accounts = Accounts(SqlAccountRepo(sessions), Argon2Hasher(), clock, token_expiry_days=90)
+        user, _ = await accounts.create_user("alice", "correct horse")
+        default = await accounts.create_token(user)
+        _, short = await accounts.issue_token(user, expires_in_days=1)
+        assert [t.expires for t in await accounts.tokens_of(user)] == [
+            clock.at + timedelta(days=90),
+            clock.at + timedelta(days=1),
+        ]
+        assert short.expires == clock.at + timedelta(days=1)
+        clock.at += timedelta(days=90)
+        assert await accounts.token_grant(default) is None
+        for bad in (0, -1, float("nan"), float("inf"), 36501):
+            with pytest.raises(InvalidInput, match="expires_in"):
+                await accounts.issue_token(user, expires_in_days=bad)
+    finally:
+        await engine.dispose()
