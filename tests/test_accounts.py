@@ -219,3 +219,47 @@ async def test_tokens_take_the_default_expiry_unless_given_one(db_url: str) -> N
                 await accounts.issue_token(user, expires_in_days=bad)
     finally:
         await engine.dispose()
+
+
+# Over real HTTP ------------------------------------------------------------------
+
+
+async def test_after_a_password_change_the_other_logins_are_refused(hub_server) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_web import Browser
+
+    await hub_server.hub.deps.accounts.create_user("alice", "correct horse")
+    here, thief = Browser(hub_server), Browser(hub_server)
+    for browser in (here, thief):
+        assert (await browser.login("alice", "correct horse")).code == 302
+        assert (await browser.get("/hub/home")).code == 200
+    changed = await here.post(
+        "/hub/password",
+        {"current": "correct horse", "new": "a new secret", "confirm": "a new secret"},
+    )
+    assert changed.code == 302 and changed.headers["Location"] == "/hub/home"
+    assert (await here.get("/hub/home")).code == 200
+    refused = await thief.get("/hub/home")
+    assert refused.code == 302 and refused.headers["Location"].startswith("/hub/login")
+    api = await thief.get("/hub/api/users/alice")
+    assert api.code == 401
+
+
+async def test_a_console_reset_may_revoke_the_users_tokens(hub_server) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_servers_api import Api
+    from tests.test_web import Browser
+
+    accounts = hub_server.hub.deps.accounts
+    await accounts.create_user("root", "correct horse", is_admin=True)
+    bob, _ = await accounts.create_user("bob", "correct horse")
+    token = Api(hub_server, await accounts.create_token(bob))
+    admin = Browser(hub_server)
+    assert (await admin.login("root", "correct horse")).code == 302
+    page = await admin.get("/hub/admin/users")
+    assert b'name="revoke_tokens"' in page.body
+    assert (await admin.post("/hub/admin/users/bob/reset-password", {})).code == 200
+    assert (await token.call("GET", "/users/bob")).code == 200  # a plain reset keeps tokens
+    reset = await admin.post("/hub/admin/users/bob/reset-password", {"revoke_tokens": "on"})
+    assert reset.code == 200
+    assert (await token.call("GET", "/users/bob")).code == 401
+    entries = await hub_server.hub.deps.audit.page(action="user.password_reset")
+    assert [e.detail.get("revoke_tokens") for e in entries] == [True, False]
