@@ -120,7 +120,7 @@ async def attack_and_log_in(
     """An attacker at 127.0.0.2 fails ten times; the owner at 127.0.0.1 then logs in."""
     clock = StepClock()
     # The throttle's clock only: ten rounds of backoff must not take real minutes.
-    throttle._clock = clock  # noqa: SLF001
+    throttle._clock = clock
     attacker = Browser(From(url, "127.0.0.2"))  # type: ignore[arg-type]
     if spoof:
         plain = attacker._headers

@@ -274,7 +274,7 @@ async def test_a_change_by_cookie_without_xsrf_is_refused(hub_server: RunningHub
     assert ids(await session.call("GET", "/users/alice/tokens")) == [token_id]
 
 
-@pytest.mark.parametrize("raw", ["abc", "1e3", "-1", "9" * 19, "١"])
+@pytest.mark.parametrize("raw", ["abc", "1e3", "-1", "9" * 19, "\u0661"])
 async def test_odd_token_ids_are_not_found(hub_server: RunningHub, raw: str) -> None:
     session, _ = await person(hub_server, "alice")
     response = await session.call("GET", f"/users/alice/tokens/{raw}")
