@@ -209,24 +209,33 @@ async def test_a_created_token_is_shown_once_and_works(hub_server: RunningHub) -
 async def test_a_user_cannot_mint_scopes_beyond_their_own(
     hub_server: RunningHub, scopes: list[str]
 ) -> None:
-    session, api = await person(hub_server, "alice")
+    session, _ = await person(hub_server, "alice")
     await hub_server.hub.deps.accounts.create_user("bob", PASSWORD)
-    for caller in (session, api):
-        response = await caller.call("POST", "/users/alice/tokens", {"scopes": scopes})
-        assert response.code == 403, response.body
+    response = await session.call("POST", "/users/alice/tokens", {"scopes": scopes})
+    assert response.code == 403, response.body
+    assert "may hold only" in json.loads(response.body)["message"]
     assert len(ids(await session.call("GET", "/users/alice/tokens"))) == 1
 
 
-async def test_a_token_cannot_mint_more_than_it_holds(hub_server: RunningHub) -> None:
+async def test_a_stolen_token_cannot_mint_a_successor_that_outlives_its_revocation(
+    hub_server: RunningHub,
+) -> None:
+    session, stolen = await person(hub_server, "alice")
+    for body in ({}, {"scopes": ["read:servers"]}):
+        minted = await stolen.call("POST", "/users/alice/tokens", body)
+        assert minted.code == 403 and "cannot mint" in json.loads(minted.body)["message"]
+    assert len(ids(await session.call("GET", "/users/alice/tokens"))) == 1
+
+
+async def test_an_admin_token_mints_no_more_than_it_holds(hub_server: RunningHub) -> None:
+    await hub_server.hub.deps.accounts.create_user("root", PASSWORD, is_admin=True)
     await hub_server.hub.deps.accounts.create_user("alice", PASSWORD)
-    narrow = Api(
-        hub_server, await token_of(hub_server, "alice", scopes=frozenset({"read:servers"}))
-    )
-    wider = await narrow.call("POST", "/users/alice/tokens", {"scopes": ["servers"]})
+    narrow = Api(hub_server, await token_of(hub_server, "root", scopes=frozenset({"admin:users"})))
+    wider = await narrow.call("POST", "/users/root/tokens", {"scopes": ["admin:quotas"]})
     assert wider.code == 403 and "more than" in json.loads(wider.body)["message"]
-    default = await narrow.call("POST", "/users/alice/tokens", {})
-    assert default.code == 403  # the defaults include servers, which it lacks
-    same = await narrow.call("POST", "/users/alice/tokens", {"scopes": ["read:servers!user=alice"]})
+    for_alice = await narrow.call("POST", "/users/alice/tokens", {})
+    assert for_alice.code == 403  # the defaults hold servers, which this token lacks
+    same = await narrow.call("POST", "/users/root/tokens", {"scopes": ["admin:users"]})
     assert same.code == 201
 
 

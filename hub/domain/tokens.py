@@ -7,7 +7,9 @@ A person manages their own tokens through any credential of theirs (a token may
 list its siblings and revoke itself). Another user's tokens are an admin's
 business, with ``admin:users`` (plain, or narrowed to that user). A new token
 never carries more than its creator holds right now, and a non-admin's token
-only ever carries the user scopes, for themselves.
+only ever carries the user scopes, for themselves. Tokens are minted from a
+logged-in session: a token mints none (but an admin's holding ``admin:users``),
+so that revoking a stolen token ends the theft instead of leaving its offspring.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ USER_TOKEN_SCOPES = DEFAULT_TOKEN_SCOPES
 def may_manage_tokens(actor: User, scopes: frozenset[str], owner: str) -> bool:
     """Whether ``actor`` (with ``scopes``) may list, read, mint and revoke ``owner``'s tokens."""
     return owner == actor.name or may_act_on(actor, scopes, "admin:users", owner)
+
+
+def check_may_mint(held: frozenset[str], *, by_token: bool) -> None:
+    """Refuse a token minting a token, unless it holds ``admin:users`` (an admin's automation)."""
+    if by_token and "admin:users" not in held:
+        raise Forbidden(
+            "a token cannot mint another (revoking a stolen one must end it): create tokens "
+            "from a logged-in session, or with `labdock token create`"
+        )
 
 
 def _holds(held: frozenset[str], scope: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 from hub.domain.accounts import MAX_NOTE, MAX_TOKEN_DAYS, TokenInfo, User
 from hub.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
-from hub.domain.tokens import grantable, may_manage_tokens
+from hub.domain.tokens import check_may_mint, grantable, may_manage_tokens
 from hub.web.openapi import errors, json_body, json_content, param, ref
 from hub.web.servers_api import ApiHandler
 
@@ -78,6 +78,7 @@ class TokensHandler(TokenApiHandler):
 
     async def post(self, name: str) -> None:
         owner = await self.token_owner(name)
+        check_may_mint(self.scopes, by_token=self._presented_token() is not None)
         body = self.json_body()
         unknown = set(body) - {"note", "scopes", "expires_in"}
         if unknown:
@@ -230,7 +231,8 @@ OPENAPI_PATHS: dict[str, Any] = {
             "responses": {"200": json_content(ref("TokenList")), **errors(401, 403, 404)},
         },
         "post": {
-            "summary": "Create an API token; the answer shows it once." + _WHO,
+            "summary": "Create an API token; the answer shows it once. From a session; a "
+            "token may mint one only if it holds `admin:users`." + _WHO,
             "operationId": "createUserToken",
             "tags": ["tokens"],
             "requestBody": json_body(ref("TokenRequest")),
