@@ -77,6 +77,7 @@ from hub.web import (
     servers_api,
     stats_api,
     storage_api,
+    tokens_api,
     ui,
 )
 from hub.web.deps import WebDeps
@@ -175,6 +176,8 @@ def make_routes(
         (rf"/hub/api/users/({NAME})/storage", storage_api.StorageHandler, d),
         (rf"/hub/api/users/({NAME})/oidc", oidc.OidcLinkHandler, d),
         (rf"/hub/api/users/({NAME})/limits", limits_api.LimitsHandler, d),
+        (rf"/hub/api/users/({NAME})/tokens", tokens_api.TokensHandler, d),
+        (rf"/hub/api/users/({NAME})/tokens/({NAME})", tokens_api.TokenHandler, d),
         (rf"/hub/api/users/({NAME})/server/stats", stats_api.ServerStatsHandler, d),
         (rf"/hub/api/users/({NAME})/servers/({NAME})/stats", stats_api.ServerStatsHandler, d),
         (r"/hub/api/stats", stats_api.AllStatsHandler, d),
@@ -303,7 +306,12 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
     sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(engine, expire_on_commit=False)
     executor = ThreadPoolExecutor(max_workers=settings.backend.threads, thread_name_prefix="engine")
     client = docker_client(settings)
-    accounts = Accounts(SqlAccountRepo(sessions), Argon2Hasher(), SystemClock())
+    accounts = Accounts(
+        SqlAccountRepo(sessions),
+        Argon2Hasher(),
+        SystemClock(),
+        token_expiry_days=settings.hub.token_expiry_days,
+    )
     hub_id = settings.hub.id or await hub_identity(sessions)
     admin_password = await accounts.ensure_admin(settings.hub.admin_user)
     backend = DockerBackend(

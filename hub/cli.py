@@ -16,6 +16,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -91,8 +92,66 @@ def _cmd_token_create(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--expires-in: expected a number of days, got {args.expires_in!r}"
             ) from None
-    token = asyncio.run(create_token(_settings(args), args.name, args.scopes, expires))
+    token, _ = asyncio.run(create_token(_settings(args), args.name, args.scopes, expires))
     print(token)
+    return 0
+
+
+_CONTROL = dict.fromkeys([*range(32), 127], "?")
+
+
+def _when(at: datetime | None, never: str) -> str:
+    return at.strftime("%Y-%m-%d %H:%M") if at else never
+
+
+def _cmd_token_list(args: argparse.Namespace) -> int:
+    from hub.cli_db import list_tokens
+
+    tokens = asyncio.run(list_tokens(_settings(args), args.name))
+    if not tokens:
+        print(f"{args.name} has no API tokens")
+        return 0
+    print(f"{'ID':>6}  {'CREATED':<16}  {'LAST USED':<16}  {'EXPIRES':<16}  SCOPES  NOTE")
+    for t in tokens:
+        # Notes come from users: control characters could rewrite the terminal.
+        note = t.note.translate(_CONTROL)
+        print(
+            f"{t.id:>6}  {_when(t.created, '-'):<16}  {_when(t.last_used, 'never'):<16}  "
+            f"{_when(t.expires, 'never'):<16}  {','.join(sorted(t.scopes))}  {note}"
+        )
+    return 0
+
+
+def _cmd_token_revoke(args: argparse.Namespace) -> int:
+    from hub.cli_db import revoke_tokens
+
+    if (args.token_id is None) == (not args.all):
+        raise ConfigError("token revoke: give a TOKEN_ID (see `labdock token list`) or --all")
+    token_id = None
+    if args.token_id is not None:
+        if not args.token_id.isdecimal() or len(args.token_id) > 18:
+            raise ConfigError(f"TOKEN_ID: expected a number, got {args.token_id!r}")
+        token_id = int(args.token_id)
+    count = asyncio.run(revoke_tokens(_settings(args), args.name, token_id))
+    if token_id is not None:
+        print(f"revoked token {token_id} of {args.name}")
+    else:
+        print(f"revoked {count} token{'s' if count != 1 else ''} of {args.name}")
+    return 0
+
+
+def _cmd_user_reset_password(args: argparse.Namespace) -> int:
+    from hub.cli_db import reset_password
+
+    password = asyncio.run(
+        reset_password(_settings(args), args.name, revoke_tokens=args.revoke_tokens)
+    )
+    print(f"one-time password of {args.name}: {password}")
+    print(
+        "Their sessions have ended"
+        + (" and their API tokens are revoked." if args.revoke_tokens else ".")
+    )
+    print("It is shown only this once; the user chooses a new one at next login.")
     return 0
 
 
@@ -205,6 +264,15 @@ def _parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     add.set_defaults(run=_cmd_user_add)
+    reset = user_commands.add_parser(
+        "reset-password", help="give a user a one-time password; their sessions end"
+    )
+    db_options(reset)
+    reset.add_argument("name")
+    reset.add_argument(
+        "--revoke-tokens", action="store_true", help="also revoke all the user's API tokens"
+    )
+    reset.set_defaults(run=_cmd_user_reset_password)
 
     token = commands.add_parser("token", help="API tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
@@ -214,8 +282,20 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--scopes", help="comma-separated (default: servers,read:servers,access:servers)"
     )
-    create.add_argument("--expires-in", help="days until the token expires (default: never)")
+    create.add_argument(
+        "--expires-in", help="days until the token expires (default: hub.token_expiry_days)"
+    )
     create.set_defaults(run=_cmd_token_create)
+    listing = token_commands.add_parser("list", help="a user's tokens (never the tokens)")
+    db_options(listing)
+    listing.add_argument("name", help="the user whose tokens to list")
+    listing.set_defaults(run=_cmd_token_list)
+    revoke = token_commands.add_parser("revoke", help="revoke a user's token, or all of them")
+    db_options(revoke)
+    revoke.add_argument("name", help="the user whose token to revoke")
+    revoke.add_argument("token_id", nargs="?", help="the ID that `labdock token list` shows")
+    revoke.add_argument("--all", action="store_true", help="revoke every token of the user")
+    revoke.set_defaults(run=_cmd_token_revoke)
 
     quota = commands.add_parser("quota", help="quotas")
     quota_commands = quota.add_subparsers(dest="quota_command", required=True, parser_class=_Parser)

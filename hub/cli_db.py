@@ -5,6 +5,9 @@ name, password = asyncio.run(add_user(settings, "alice", None, is_admin=False, t
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from hub.config import Settings
@@ -14,7 +17,7 @@ from hub.db.engine import make_engine
 from hub.db.migrate import upgrade
 from hub.db.quotas import SqlQuotaRepo
 from hub.db.teams import SqlTeamRepo
-from hub.domain.accounts import Accounts, check_scopes, check_team_name
+from hub.domain.accounts import Accounts, TokenInfo, check_scopes, check_team_name
 from hub.domain.clock import SystemClock
 from hub.domain.quota_admin import QuotaAdmin, QuotaAmounts, QuotaKind
 from hub.passwords import Argon2Hasher
@@ -39,24 +42,60 @@ async def add_user(
         await engine.dispose()
 
 
-async def create_token(
-    settings: Settings, name: str, scopes: str | None, expires_in: float | None
-) -> str:
-    """Issue an API token for ``name``; it is returned once and only its hash is kept."""
+@contextlib.asynccontextmanager
+async def _accounts(settings: Settings) -> AsyncIterator[Accounts]:
+    """The hub's account rules over its migrated database, as the hub wires them."""
     upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
     try:
         sessions = async_sessionmaker(engine, expire_on_commit=False)
-        accounts = Accounts(SqlAccountRepo(sessions), Argon2Hasher(), SystemClock())
+        yield Accounts(
+            SqlAccountRepo(sessions),
+            Argon2Hasher(),
+            SystemClock(),
+            token_expiry_days=settings.hub.token_expiry_days,
+        )
+    finally:
+        await engine.dispose()
+
+
+async def create_token(
+    settings: Settings, name: str, scopes: str | None, expires_in: float | None
+) -> tuple[str, TokenInfo]:
+    """Issue an API token for ``name``; it is returned once and only its hash is kept.
+
+    Without ``expires_in``, ``hub.token_expiry_days`` applies.
+    """
+    async with _accounts(settings) as accounts:
         user = await accounts.get(name)
-        return await accounts.create_token(
+        return await accounts.issue_token(
             user,
             scopes=check_scopes(scopes),
             expires_in_days=expires_in,
             note="labdock token create",
         )
-    finally:
-        await engine.dispose()
+
+
+async def list_tokens(settings: Settings, name: str) -> list[TokenInfo]:
+    """``name``'s API tokens, oldest first."""
+    async with _accounts(settings) as accounts:
+        return await accounts.tokens_of(await accounts.get(name))
+
+
+async def revoke_tokens(settings: Settings, name: str, token_id: int | None) -> int:
+    """Revoke ``name``'s token ``token_id`` (``None``: all of them); how many went."""
+    async with _accounts(settings) as accounts:
+        user = await accounts.get(name)
+        if token_id is None:
+            return await accounts.revoke_tokens(user)
+        await accounts.revoke_token(user, token_id)
+        return 1
+
+
+async def reset_password(settings: Settings, name: str, *, revoke_tokens: bool) -> str:
+    """Give ``name`` a one-time password; their sessions end (and tokens, if asked)."""
+    async with _accounts(settings) as accounts:
+        return await accounts.reset_password(await accounts.get(name), revoke_tokens=revoke_tokens)
 
 
 async def set_quota(

@@ -59,6 +59,8 @@ class HubSettings:
     # *.example-users.org) also stops the browser sending the hub's SameSite cookies
     # from users' pages; under the same one, HTTPS is needed for __Host- cookies.
     user_domain: str = ""
+    # Days an API token lives when its creator names no expiry; 0: such tokens never expire.
+    token_expiry_days: float = 90.0
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,8 @@ def _check(settings: Settings) -> Settings:
         raise ConfigError("hub.max_concurrent_launches: must be at least 1")
     if hub.launch_wait < 0:
         raise ConfigError("hub.launch_wait: must not be negative")
+    if not 0 <= hub.token_expiry_days <= 36500:
+        raise ConfigError("hub.token_expiry_days: must be between 0 (never) and 36500 days")
     if hub.launch_timeout <= 0:
         raise ConfigError("hub.launch_timeout: must be greater than 0")
     if hub.public_url and not hub.public_url.startswith(("http://", "https://")):

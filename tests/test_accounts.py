@@ -157,3 +157,109 @@ async def test_a_recreated_name_never_gets_the_deleted_users_id(parts, db_url: s
     engine.dispose()
     again, _ = await accounts.create_user("alice", "correct horse")
     assert again.id != first.id  # containers and volumes are keyed by id
+
+
+async def test_a_password_change_ends_every_other_session_but_the_current_one(parts) -> None:  # type: ignore[no-untyped-def]
+    accounts, _, _ = parts
+    user, _ = await accounts.create_user("alice", "correct horse")
+    here = await accounts.start_session(user, hours=12)
+    thief = await accounts.start_session(user, hours=12)
+    bob, _ = await accounts.create_user("bob", "correct horse")
+    others = await accounts.start_session(bob, hours=12)
+    await accounts.change_password(user.id, "correct horse", "a new secret", current_session=here)
+    assert await accounts.session_user(thief) is None
+    assert await accounts.session_user(here) == user
+    assert await accounts.session_user(others) == bob
+
+
+async def test_a_reset_ends_every_session_and_revokes_tokens_only_when_asked(parts) -> None:  # type: ignore[no-untyped-def]
+    accounts, _, _ = parts
+    user, _ = await accounts.create_user("alice", "correct horse")
+    session = await accounts.start_session(user, hours=12)
+    token = await accounts.create_token(user)
+    await accounts.reset_password(user)
+    assert await accounts.session_user(session) is None
+    assert await accounts.token_grant(token) is not None
+    await accounts.reset_password(user, revoke_tokens=True)
+    assert await accounts.token_grant(token) is None
+    assert await accounts.tokens_of(user) == []
+
+
+async def test_a_revoked_tokens_id_is_never_given_to_a_new_token(parts) -> None:  # type: ignore[no-untyped-def]
+    accounts, _, _ = parts
+    user, _ = await accounts.create_user("alice", "correct horse")
+    first = await accounts.create_token(user)
+    [info] = await accounts.tokens_of(user)
+    await accounts.revoke_token(user, info.id)
+    assert await accounts.token_grant(first) is None
+    await accounts.create_token(user)
+    [again] = await accounts.tokens_of(user)
+    assert again.id != info.id  # a stale id in someone's script must not hit the new token
+
+
+async def test_tokens_take_the_default_expiry_unless_given_one(db_url: str) -> None:
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        clock = StepClock()
+        accounts = Accounts(SqlAccountRepo(sessions), Argon2Hasher(), clock, token_expiry_days=90)
+        user, _ = await accounts.create_user("alice", "correct horse")
+        default = await accounts.create_token(user)
+        _, short = await accounts.issue_token(user, expires_in_days=1)
+        assert [t.expires for t in await accounts.tokens_of(user)] == [
+            clock.at + timedelta(days=90),
+            clock.at + timedelta(days=1),
+        ]
+        assert short.expires == clock.at + timedelta(days=1)
+        clock.at += timedelta(days=90)
+        assert await accounts.token_grant(default) is None
+        for bad in (0, -1, float("nan"), float("inf"), 36501):
+            with pytest.raises(InvalidInput, match="expires_in"):
+                await accounts.issue_token(user, expires_in_days=bad)
+    finally:
+        await engine.dispose()
+
+
+# Over real HTTP ------------------------------------------------------------------
+
+
+async def test_after_a_password_change_the_other_logins_are_refused(hub_server) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_web import Browser
+
+    await hub_server.hub.deps.accounts.create_user("alice", "correct horse")
+    here, thief = Browser(hub_server), Browser(hub_server)
+    for browser in (here, thief):
+        assert (await browser.login("alice", "correct horse")).code == 302
+        assert (await browser.get("/hub/home")).code == 200
+    changed = await here.post(
+        "/hub/password",
+        {"current": "correct horse", "new": "a new secret", "confirm": "a new secret"},
+    )
+    assert changed.code == 302 and changed.headers["Location"] == "/hub/home"
+    assert (await here.get("/hub/home")).code == 200
+    refused = await thief.get("/hub/home")
+    assert refused.code == 302 and refused.headers["Location"].startswith("/hub/login")
+    api = await thief.get("/hub/api/users/alice")
+    assert api.code == 401
+
+
+async def test_a_console_reset_may_revoke_the_users_tokens(hub_server) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_servers_api import Api
+    from tests.test_web import Browser
+
+    accounts = hub_server.hub.deps.accounts
+    await accounts.create_user("root", "correct horse", is_admin=True)
+    bob, _ = await accounts.create_user("bob", "correct horse")
+    token = Api(hub_server, await accounts.create_token(bob))
+    admin = Browser(hub_server)
+    assert (await admin.login("root", "correct horse")).code == 302
+    page = await admin.get("/hub/admin/users")
+    assert b'name="revoke_tokens"' in page.body
+    assert (await admin.post("/hub/admin/users/bob/reset-password", {})).code == 200
+    assert (await token.call("GET", "/users/bob")).code == 200  # a plain reset keeps tokens
+    reset = await admin.post("/hub/admin/users/bob/reset-password", {"revoke_tokens": "on"})
+    assert reset.code == 200
+    assert (await token.call("GET", "/users/bob")).code == 401
+    entries = await hub_server.hub.deps.audit.page(action="user.password_reset")
+    assert [e.detail.get("revoke_tokens") for e in entries] == [True, False]

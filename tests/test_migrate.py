@@ -104,3 +104,54 @@ def test_migrations_produce_exactly_the_models_schema(db_url: str) -> None:
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()
+
+
+def test_migration_0004_keeps_every_token_and_stops_sqlite_reusing_token_ids(
+    db_url: str,
+) -> None:
+    from datetime import UTC, datetime
+
+    from alembic import command
+
+    from hub.db.migrate import _config
+
+    engine = make_sync_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_config(conn), "0003")
+            now = datetime.now(UTC)
+            conn.execute(
+                text(
+                    "INSERT INTO users (name, is_admin, disabled, must_change_password, created) "
+                    "VALUES ('alice', false, false, false, :c)"
+                ),
+                {"c": now},
+            )
+            for n in (1, 2):
+                conn.execute(
+                    text(
+                        "INSERT INTO api_tokens (user_id, prefix, token_hash, scopes, note, "
+                        "created) VALUES (1, :p, :h, 'servers', :n, :c)"
+                    ),
+                    {"p": f"prefix{n}", "h": f"hash{n}", "n": f"note {n}", "c": now},
+                )
+        upgrade(db_url)
+        assert current_revision(db_url) == head_revision()
+        with engine.begin() as conn:
+            rows = conn.execute(text("SELECT id, prefix, note FROM api_tokens ORDER BY id")).all()
+            assert [tuple(r) for r in rows] == [(1, "prefix1", "note 1"), (2, "prefix2", "note 2")]
+            # The newest token revoked: its id must not come back.
+            conn.execute(text("DELETE FROM api_tokens WHERE id = 2"))
+            conn.execute(
+                text(
+                    "INSERT INTO api_tokens (user_id, prefix, token_hash, scopes, note, created) "
+                    "VALUES (1, 'prefix3', 'hash3', 'servers', '', :c)"
+                ),
+                {"c": datetime.now(UTC)},
+            )
+            new_id = conn.execute(
+                text("SELECT id FROM api_tokens WHERE prefix = 'prefix3'")
+            ).scalar_one()
+            assert new_id == 3
+    finally:
+        engine.dispose()

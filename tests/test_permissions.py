@@ -43,7 +43,8 @@ CALLERS = (
 PASSWORD = "correct horse"
 
 # Path parameters: the target user is alice; names that exist where that matters.
-PATH_VALUES = {"name": "alice", "server": "lab", "kind": "users", "token_id": "1"}
+# A token id that does not exist: allowed callers get 404, and nobody's token is revoked.
+PATH_VALUES = {"name": "alice", "server": "lab", "kind": "users", "token_id": "999999"}
 # Bodies that an allowed caller gets past authorization with, and no further.
 BODIES: dict[str, Any] = {
     "launchDefaultServer": {"environment": "no-such-environment"},
@@ -57,6 +58,7 @@ BODIES: dict[str, Any] = {
     "updateUser": {"disabled": False},
     "setQuota": {"servers": 5},
     "linkOidcIdentity": {},
+    "createUserToken": {"note": "matrix", "expires_in": 1},
 }
 
 
@@ -85,6 +87,7 @@ OWNER_OR_ADMIN = row(401, OK, 403, OK)  # one's own things; admins on anyone's
 ADMIN_ONLY = row(401, 403, 403, 403)  # the admin role and the admin scope
 ADMIN_ROLE = row(401, 403, 403, OK)  # the admin role, any token scope of theirs
 SIGNED_IN = row(401, OK, OK, OK)
+OWNER_OR_SCOPED_ADMIN = row(401, OK, 403, 403)  # an admin needs the admin:users scope
 
 MATRIX: dict[str, dict[str, int | str]] = {
     "getVersion": PUBLIC,
@@ -118,6 +121,12 @@ MATRIX: dict[str, dict[str, int | str]] = {
     "listQuotas": ADMIN_ONLY,
     "getQuota": ADMIN_ONLY,
     "setQuota": ADMIN_ONLY,
+    # One's own tokens, through any of one's credentials; admins with admin:users.
+    "listUserTokens": OWNER_OR_SCOPED_ADMIN,
+    "getUserToken": OWNER_OR_SCOPED_ADMIN,
+    "revokeUserToken": OWNER_OR_SCOPED_ADMIN,
+    # A token mints no tokens (a stolen one would leave a copy behind once revoked).
+    "createUserToken": {**OWNER_OR_SCOPED_ADMIN, "user_token": 403},
 }
 
 

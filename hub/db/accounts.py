@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub.db.schema import ApiTokenRow, SessionRow, UserRow
-from hub.domain.accounts import User
+from hub.domain.accounts import TokenInfo, User
 from hub.domain.errors import Conflict
 
 
@@ -26,6 +26,18 @@ def _user(row: UserRow) -> User:
         disabled=row.disabled,
         must_change_password=row.must_change_password,
         last_login=row.last_login,
+    )
+
+
+def _token(row: ApiTokenRow) -> TokenInfo:
+    return TokenInfo(
+        id=row.id,
+        user_id=row.user_id,
+        note=row.note,
+        scopes=frozenset(x for x in row.scopes.split(",") if x),
+        created=row.created,
+        last_used=row.last_used,
+        expires=row.expires,
     )
 
 
@@ -122,9 +134,12 @@ class SqlAccountRepo:
         async with self._sessions.begin() as s:
             await s.execute(delete(SessionRow).where(SessionRow.id == _session_key(session_id)))
 
-    async def delete_sessions_of(self, user_id: int) -> None:
+    async def delete_sessions_of(self, user_id: int, *, keep: str | None = None) -> None:
+        query = delete(SessionRow).where(SessionRow.user_id == user_id)
+        if keep is not None:
+            query = query.where(SessionRow.id != _session_key(keep))
         async with self._sessions.begin() as s:
-            await s.execute(delete(SessionRow).where(SessionRow.user_id == user_id))
+            await s.execute(query)
 
     async def add_token(
         self,
@@ -135,21 +150,22 @@ class SqlAccountRepo:
         note: str,
         created: datetime,
         expires: datetime | None,
-    ) -> None:
+    ) -> int:
+        row = ApiTokenRow(
+            user_id=user_id,
+            prefix=prefix,
+            token_hash=token_hash,
+            scopes=",".join(sorted(scopes)),
+            note=note,
+            created=created,
+            expires=expires,
+        )
         async with self._sessions.begin() as s:
-            s.add(
-                ApiTokenRow(
-                    user_id=user_id,
-                    prefix=prefix,
-                    token_hash=token_hash,
-                    scopes=",".join(sorted(scopes)),
-                    note=note,
-                    created=created,
-                    expires=expires,
-                )
-            )
+            s.add(row)
+            await s.flush()
+            return row.id
 
-    async def token(self, prefix: str) -> tuple[User, str, frozenset[str], datetime | None] | None:
+    async def token(self, prefix: str) -> tuple[User, str, TokenInfo] | None:
         async with self._sessions() as s:
             found = (
                 await s.execute(
@@ -161,8 +177,28 @@ class SqlAccountRepo:
             if found is None:
                 return None
             token, user = found[0], found[1]
-            scopes = frozenset(x for x in token.scopes.split(",") if x)
-            return _user(user), token.token_hash, scopes, token.expires
+            return _user(user), token.token_hash, _token(token)
+
+    async def tokens_of(self, user_id: int) -> list[TokenInfo]:
+        async with self._sessions() as s:
+            rows = await s.scalars(
+                select(ApiTokenRow).where(ApiTokenRow.user_id == user_id).order_by(ApiTokenRow.id)
+            )
+            return [_token(r) for r in rows]
+
+    async def delete_token(self, user_id: int, token_id: int) -> bool:
+        async with self._sessions.begin() as s:
+            done = await s.execute(
+                delete(ApiTokenRow).where(
+                    ApiTokenRow.user_id == user_id, ApiTokenRow.id == token_id
+                )
+            )
+            return bool(getattr(done, "rowcount", 0))
+
+    async def delete_tokens_of(self, user_id: int) -> int:
+        async with self._sessions.begin() as s:
+            done = await s.execute(delete(ApiTokenRow).where(ApiTokenRow.user_id == user_id))
+            return int(getattr(done, "rowcount", 0) or 0)
 
     async def touch_token(self, prefix: str, at: datetime) -> None:
         async with self._sessions.begin() as s:

@@ -236,7 +236,10 @@ class QuotaRow(Base):
 
 
 class ApiTokenRow(Base):
+    """An API token's hash and what it may do. Ids name tokens in the API: never reused."""
+
     __tablename__ = "api_tokens"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)

@@ -28,6 +28,9 @@ from hub.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unaut
 _USERNAME = re.compile(r"^[a-z0-9_][a-z0-9._-]{0,31}\Z")
 MIN_PASSWORD = 8
 TOKEN_TOUCH_S = 60.0
+# A token lives at most about 100 years; beyond that dates overflow.
+MAX_TOKEN_DAYS = 36500
+MAX_NOTE = 200
 
 
 def check_username(raw: str) -> str:
@@ -100,10 +103,25 @@ TOKEN_PREFIX = "ldk_"  # noqa: S105 - a marker that makes leaked tokens easy to 
 
 @dataclass(frozen=True)
 class TokenGrant:
-    """Who a presented API token speaks for, and what it may do (see ``effective_scopes``)."""
+    """Who a presented API token speaks for, and what it may do now (``effective_scopes``;
+    ``token_id``: which token)."""
 
     user: User
     scopes: frozenset[str]
+    token_id: int = 0
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What may be shown about an API token: never the token, nor its hash."""
+
+    id: int
+    user_id: int
+    note: str
+    scopes: frozenset[str]
+    created: datetime
+    last_used: datetime | None
+    expires: datetime | None
 
 
 def split_scope(scope: str) -> tuple[str, str | None]:
@@ -196,7 +214,8 @@ class AccountRepo(Protocol):
 
     async def delete_session(self, session_id: str) -> None: ...
 
-    async def delete_sessions_of(self, user_id: int) -> None: ...
+    async def delete_sessions_of(self, user_id: int, *, keep: str | None = None) -> None:
+        """End every session of the user, but for the session ``keep`` (its id) if given."""
 
     async def add_token(
         self,
@@ -207,10 +226,20 @@ class AccountRepo(Protocol):
         note: str,
         created: datetime,
         expires: datetime | None,
-    ) -> None: ...
+    ) -> int:
+        """Store a token's hash; return the token's id, never reused."""
 
-    async def token(self, prefix: str) -> tuple[User, str, frozenset[str], datetime | None] | None:
-        """The owner, stored hash, scopes and expiry of the token with this prefix."""
+    async def token(self, prefix: str) -> tuple[User, str, TokenInfo] | None:
+        """The owner, stored hash and description of the token with this prefix."""
+
+    async def tokens_of(self, user_id: int) -> list[TokenInfo]:
+        """The user's tokens, oldest first (expired ones too, until revoked)."""
+
+    async def delete_token(self, user_id: int, token_id: int) -> bool:
+        """Revoke the user's token ``token_id``; whether there was one."""
+
+    async def delete_tokens_of(self, user_id: int) -> int:
+        """Revoke every token of the user; how many there were."""
 
     async def touch_token(self, prefix: str, at: datetime) -> None: ...
 
@@ -262,8 +291,17 @@ class TeamDirectory(Protocol):
 class Accounts:
     """The account rules: creation, login, sessions and password changes."""
 
-    def __init__(self, repo: AccountRepo, hasher: PasswordHasher, clock: Clock) -> None:
+    def __init__(
+        self,
+        repo: AccountRepo,
+        hasher: PasswordHasher,
+        clock: Clock,
+        *,
+        token_expiry_days: float = 0.0,
+    ) -> None:
         self._repo = repo
+        # Applied when a token is issued without an expiry; 0: such tokens never expire.
+        self._token_expiry_days = token_expiry_days
         self._hasher = hasher
         self._clock = clock
         # Verifying against a real hash for unknown users keeps timing uniform.
@@ -330,8 +368,11 @@ class Accounts:
         """Log a session out."""
         await self._repo.delete_session(session_id)
 
-    async def change_password(self, user_id: int, old: str, new: str) -> None:
-        """Change a password after checking the old one; other sessions end."""
+    async def change_password(
+        self, user_id: int, old: str, new: str, *, current_session: str | None = None
+    ) -> None:
+        """Change a password after checking the old one; every session but ``current_session``
+        ends, so a thief who held one of them is out."""
         stored = await self._repo.password_hash(user_id)
         if stored is None or not self._hasher.verify(stored, old):
             raise Unauthorized("the current password is wrong")
@@ -339,6 +380,7 @@ class Accounts:
             raise InvalidInput("password: the new password must differ from the current one")
         check_password(new)
         await self._repo.set_password(user_id, self._hasher.hash(new), must_change=False)
+        await self._repo.delete_sessions_of(user_id, keep=current_session)
 
     async def create_token(
         self,
@@ -348,15 +390,66 @@ class Accounts:
         expires_in_days: float | None = None,
         note: str = "",
     ) -> str:
-        """Issue an API token and return it; only its hash is kept."""
-        if expires_in_days is not None and expires_in_days <= 0:
-            raise InvalidInput("--expires-in: must be a positive number of days")
+        """Issue an API token and return it; only its hash is kept.
+
+        Without ``expires_in_days``, the hub's default expiry applies (if it has one).
+        """
+        token, _ = await self.issue_token(
+            user, scopes=scopes, expires_in_days=expires_in_days, note=note
+        )
+        return token
+
+    async def issue_token(
+        self,
+        user: User,
+        *,
+        scopes: frozenset[str] = DEFAULT_TOKEN_SCOPES,
+        expires_in_days: float | None = None,
+        note: str = "",
+    ) -> tuple[str, TokenInfo]:
+        """Issue an API token; return it (to show once) and what may be shown of it later."""
+        if expires_in_days is None:
+            expires_in_days = self._token_expiry_days or None
+        elif not expires_in_days > 0 or expires_in_days > MAX_TOKEN_DAYS:
+            raise InvalidInput(
+                f"expires_in: must be a number of days above 0 and at most {MAX_TOKEN_DAYS}"
+            )
+        if len(note) > MAX_NOTE:
+            raise InvalidInput(f"note: must be at most {MAX_NOTE} characters")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         prefix, digest = token_key(token)
         now = self._clock.now()
         expires = now + timedelta(days=expires_in_days) if expires_in_days else None
-        await self._repo.add_token(user.id, prefix, digest, scopes, note, now, expires)
-        return token
+        token_id = await self._repo.add_token(user.id, prefix, digest, scopes, note, now, expires)
+        return token, TokenInfo(
+            id=token_id,
+            user_id=user.id,
+            note=note,
+            scopes=scopes,
+            created=now,
+            last_used=None,
+            expires=expires,
+        )
+
+    async def tokens_of(self, user: User) -> list[TokenInfo]:
+        """``user``'s API tokens, oldest first."""
+        return await self._repo.tokens_of(user.id)
+
+    async def token_of(self, user: User, token_id: int) -> TokenInfo:
+        """``user``'s token ``token_id``, or ``NotFound``."""
+        for info in await self._repo.tokens_of(user.id):
+            if info.id == token_id:
+                return info
+        raise NotFound(f"{user.name} has no token {token_id}")
+
+    async def revoke_token(self, user: User, token_id: int) -> None:
+        """Revoke ``user``'s token ``token_id`` at once, or ``NotFound``."""
+        if not await self._repo.delete_token(user.id, token_id):
+            raise NotFound(f"{user.name} has no token {token_id}")
+
+    async def revoke_tokens(self, user: User) -> int:
+        """Revoke every API token of ``user``; return how many there were."""
+        return await self._repo.delete_tokens_of(user.id)
 
     async def token_grant(self, token: str) -> TokenGrant | None:
         """The grant behind a presented token, or ``None`` if it is unknown or expired."""
@@ -366,18 +459,18 @@ class Accounts:
         found = await self._repo.token(prefix)
         if found is None:
             return None
-        user, stored, scopes, expires = found
+        user, stored, info = found
         now = self._clock.now()
         if not hmac.compare_digest(stored, digest) or user.disabled:
             return None
-        if expires is not None and expires <= now:
+        if info.expires is not None and info.expires <= now:
             return None
         # last_used is for people, not for security: write it at most once a minute.
         last = self._touched.get(prefix)
         if last is None or (now - last).total_seconds() >= TOKEN_TOUCH_S:
             self._touched[prefix] = now
             await self._repo.touch_token(prefix, now)
-        return TokenGrant(user=user, scopes=effective_scopes(user, scopes))
+        return TokenGrant(user=user, scopes=effective_scopes(user, info.scopes), token_id=info.id)
 
     async def update(
         self, user: User, *, is_admin: bool | None = None, disabled: bool | None = None
@@ -396,11 +489,14 @@ class Accounts:
         assert updated is not None
         return updated
 
-    async def reset_password(self, user: User) -> str:
-        """Give ``user`` a one-time password to change at next login; their sessions end."""
+    async def reset_password(self, user: User, *, revoke_tokens: bool = False) -> str:
+        """Give ``user`` a one-time password to change at next login; all their sessions end,
+        and with ``revoke_tokens`` all their API tokens too (for a stolen account)."""
         password = one_time_password()
         await self._repo.set_password(user.id, self._hasher.hash(password), must_change=True)
         await self._repo.delete_sessions_of(user.id)
+        if revoke_tokens:
+            await self._repo.delete_tokens_of(user.id)
         return password
 
     async def all_users(self) -> list[User]:

@@ -314,8 +314,9 @@ class UserActionPage(AdminPage):
         elif action == "reset-password":
             if target.id == actor.id:
                 raise InvalidInput("change your own password on the password page instead")
-            password = await accounts.reset_password(target)
-            await self.audit(actor, "user.password_reset", target.name)
+            revoke = self.get_argument("revoke_tokens", "") == "on"
+            password = await accounts.reset_password(target, revoke_tokens=revoke)
+            await self.audit(actor, "user.password_reset", target.name, revoke_tokens=revoke)
             await show_users(
                 self,
                 secret={"name": target.name, "password": password, "created": False},

@@ -36,6 +36,7 @@ API_MODULES: tuple[str, ...] = (
     "hub.web.oidc",
     "hub.web.stats_api",
     "hub.web.limits_api",
+    "hub.web.tokens_api",
     "hub.web.openapi",
 )
 

@@ -6,6 +6,7 @@ POST /hub/login                     sets the session cookie, goes to ``next``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -60,7 +61,9 @@ class LoginHandler(BaseHandler):
         address = self.request.remote_ip or "?"
         throttle = self.deps.throttle
         try:
-            throttle.check(username, address)
+            delay = throttle.check(username, address)
+            if delay:
+                await asyncio.sleep(delay)
             user = await self.deps.accounts.authenticate(username, password)
         except TooManyRequests as exc:
             await self._audit_login(username, address, exc.message)
@@ -118,8 +121,13 @@ class PasswordHandler(BaseHandler):
             self.render_page("password.html", error="the two new passwords differ", done=False)
             return
         try:
+            # Every other session ends: whoever else held one is signed out.
+            raw = self.get_signed_cookie(self.deps.session_cookie)
             await self.deps.accounts.change_password(
-                self.user.id, self.get_argument("current", ""), new
+                self.user.id,
+                self.get_argument("current", ""),
+                new,
+                current_session=raw.decode() if raw else None,
             )
         except LabdockError as exc:
             self.set_status(400)
