@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import hub
 from hub.backends.docker import DockerBackend
+from hub.backends.docker_events import CGROUP_ROOT, OomCounters, oom_counter_events
 from hub.backends.docker_network import bridge_name
 from hub.backends.docker_stats import DockerStats
 from hub.backends.docker_storage import DockerVolumeMeter
@@ -419,6 +420,11 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
     built.tasks.append(
         asyncio.create_task(flush_forever(activity, servers, tick=5.0), name="activity")
     )
+    if engine_is_local(settings) and CGROUP_ROOT.is_dir():
+        # Children OOM-killed where the engine sends no oom event (cgroup v2 engines).
+        counters = oom_counter_events(OomCounters(client, hub_id=hub_id), executor)
+        following = workspaces.follow_engine(counters)
+        built.tasks.append(asyncio.create_task(following, name="oom-counters"))
     offered = [env.image for env in await catalog.all() if env.launchable]
     checking = backend.prepare_runtime(offered, only_copied=True)
     built.tasks.append(asyncio.create_task(checking, name="runtime-volumes"))
@@ -436,18 +442,23 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
             await asyncio.get_running_loop().run_in_executor(None, firewall.remove)
 
 
+def engine_is_local(settings: Settings) -> bool:
+    """Whether the engine runs on this machine (its socket, not TCP or SSH)."""
+    host = settings.backend.docker_host
+    return not host or host.startswith("unix://")
+
+
 async def guard_host(settings: Settings, hub_id: str, executor: Executor) -> HostFirewall | None:
     """Install the rules that keep workspaces off host services (``backend.host_firewall``);
     warn, and run on, when that cannot be done."""
     if not settings.backend.host_firewall:
         log.warning("backend.host_firewall is off: workspaces can reach host services on 0.0.0.0")
         return None
-    host = settings.backend.docker_host
-    if host and not host.startswith("unix://"):
+    if not engine_is_local(settings):
         log.warning(
             "backend.host_firewall: the engine (%s) may run on another machine; install its "
             "rules there: workspaces can reach that machine's services on 0.0.0.0",
-            host,
+            settings.backend.docker_host,
         )
         return None
     firewall = HostFirewall(hub_id=hub_id, interface=bridge_name(hub_id))

@@ -10,11 +10,13 @@ import asyncio
 import json
 import re
 from html import unescape
+from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
+from hub.backends.docker_events import OomCounters, oom_kill_count
 from hub.domain.clock import SystemClock
 from hub.domain.resources import MiB
 from hub.domain.servers import EngineEvent
@@ -83,8 +85,9 @@ async def test_a_child_killed_for_memory_is_shown_while_the_server_keeps_running
     assert (await browser.login("alice", PASSWORD)).code == 302
     page = await browser.get("/hub/home")
     assert page.code == 200
-    data = re.search(r'<script type="application/json" id="page-data">(.*?)</script>',
-                     page.body.decode(), re.S)
+    data = re.search(
+        r'<script type="application/json" id="page-data">(.*?)</script>', page.body.decode(), re.S
+    )
     assert data is not None
     [server] = json.loads(unescape(data.group(1)))["servers"]
     assert server["notices"] == [message]
@@ -149,3 +152,49 @@ async def test_a_python_child_over_the_limit_is_reported_on_a_python_server(
         await asyncio.sleep(0.1)
     assert model["notices"] == ["a process in py was killed: over the 256 MiB memory limit"]
     assert model["state"] == "running"
+
+
+@pytest.mark.parametrize(
+    ("relative", "text"),
+    [
+        ("docker/{id}/memory.events", "low 0\nhigh 0\nmax 9\noom 3\noom_kill 2\n"),
+        ("system.slice/docker-{id}.scope/memory.events", "oom 2\noom_kill 2\n"),
+        ("memory/docker/{id}/memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+        ("memory/system.slice/docker-{id}.scope/memory.oom_control", "oom_kill 2\n"),
+    ],
+)
+def test_the_cgroup_oom_counter_is_read_on_v1_and_v2(
+    tmp_path: Path, relative: str, text: str
+) -> None:
+    path = tmp_path / relative.format(id="abc")
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    assert oom_kill_count("abc", tmp_path) == 2
+    assert oom_kill_count("other", tmp_path) is None
+
+
+async def test_the_cgroup_counter_reports_a_killed_child_without_the_engines_event(
+    hub: RunningHub,  # noqa: F811
+    docker_client: docker.DockerClient,
+    hub_id: str,
+) -> None:
+    alice = await user_api(hub, "alice")
+    launched = await alice.call(
+        "POST", "/users/alice/servers/lab", {"environment": "busybox", "memory": "64M"}
+    )
+    assert launched.code == 201, launched.body
+    [container] = docker_client.containers.list(filters={"label": f"labdock.hub={hub_id}"})
+    counters = OomCounters(docker_client, hub_id=hub_id)
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, counters.poll) == []  # the baseline
+    code = await loop.run_in_executor(
+        None, allocate_past_the_limit, container, ["dd", "if=/dev/zero", "of=/dev/null", "bs=256M"]
+    )
+    assert code == 137
+    [event] = await loop.run_in_executor(None, counters.poll)
+    [record] = await hub.hub.deps.servers.all()
+    assert event == EngineEvent("oom", record.id, container.id)
+    assert await loop.run_in_executor(None, counters.poll) == []  # told once
+    await hub.hub.workspaces.on_engine_event(event)
+    model = await model_of(hub, alice.token, "lab")
+    assert model["notices"] == ["a process in lab was killed: over the 64 MiB memory limit"]
