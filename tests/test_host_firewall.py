@@ -61,12 +61,16 @@ def host_listener(token: str) -> Iterator[int]:
 
 
 def host_addresses(skip: set[str]) -> list[str]:
-    """The host's IPv4 addresses other than loopback and ``skip``."""
+    """The host's IPv4 addresses other than loopback and ``skip``, leaving out the bridges
+    of other Docker networks (``br-*``, ``ld-*``), which come and go with other tests."""
     out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True)
     found = []
     for line in out.stdout.splitlines():
-        address = line.split()[3].split("/")[0]
-        if not address.startswith("127.") and address not in skip:
+        words = line.split()
+        interface, address = words[1], words[3].split("/")[0]
+        if interface.startswith(("br-", "ld-")) or address.startswith("127."):
+            continue
+        if address not in skip:
             found.append(address)
     assert found, out.stdout
     return found
