@@ -68,14 +68,19 @@ def server_model(record: ServerRecord, notice: Notice | None = None) -> dict[str
 def user_model(
     user: User, servers: list[ServerRecord], notice_of: NoticeOf | None = None
 ) -> dict[str, Any]:
-    """A user as the API shows it, with their servers (and each one's notices)."""
+    """A user as the API shows it, with their servers and, given ``notice_of``, each
+    one's notices (without it the models leave ``notices`` out rather than claim none)."""
+    servers_models = {}
+    for record in servers:
+        model = server_model(record, notice_of(record.id) if notice_of else None)
+        if notice_of is None:
+            del model["notices"], model["last_oom"]
+        servers_models[record.name] = model
     return {
         "name": user.name,
         "admin": user.is_admin,
         "disabled": user.disabled,
-        "servers": {
-            s.name: server_model(s, notice_of(s.id) if notice_of else None) for s in servers
-        },
+        "servers": servers_models,
     }
 
 
