@@ -134,11 +134,6 @@ class HostFirewall:
         if self.state == "on":
             self.state = "off"
 
-    def present(self, tool: str = "iptables") -> bool:
-        """Whether this hub's chain exists now (for checks and tests)."""
-        path = _which(tool)
-        return path is not None and _run(path, "-S", self.chain, check=False).returncode == 0
-
     def _apply(self, path: str) -> None:
         rules = self._rules
         _run(path, "-N", rules.chain)
