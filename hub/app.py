@@ -35,8 +35,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import hub
 from hub.backends.docker import DockerBackend
+from hub.backends.docker_events import CGROUP_ROOT, OomCounters, oom_counter_events
+from hub.backends.docker_network import bridge_name
 from hub.backends.docker_stats import DockerStats
 from hub.backends.docker_storage import DockerVolumeMeter
+from hub.backends.firewall import HostFirewall
 from hub.capacity import host_capacity
 from hub.config import Settings
 from hub.db.accounts import SqlAccountRepo
@@ -238,6 +241,7 @@ class Hub:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     listeners: list[tornado.httpserver.HTTPServer] = field(default_factory=list)
     backend: DockerBackend | None = None
+    firewall: HostFirewall | None = None
 
     async def listen(self, port: int, address: str) -> int:
         """Serve on ``address:port`` (0: a free port): the front there, tornado behind it."""
@@ -321,6 +325,7 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
         extra_labels=settings.labels,
         runtime_volumes=settings.backend.runtime_volumes,
     )
+    firewall = await guard_host(settings, hub_id, executor)
     catalog = SqlCatalog(sessions)
     await seed_catalog(catalog, client, executor)
     servers = SqlServerRepo(sessions)
@@ -449,10 +454,16 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
         front=front,
         hub_socket=hub_socket,
         backend=backend,
+        firewall=firewall,
     )
     built.tasks.append(
         asyncio.create_task(flush_forever(activity, servers, tick=5.0), name="activity")
     )
+    if engine_is_local(settings) and CGROUP_ROOT.is_dir():
+        # Children OOM-killed where the engine sends no oom event (cgroup v2 engines).
+        counters = oom_counter_events(OomCounters(client, hub_id=hub_id), executor)
+        following = workspaces.follow_engine(counters)
+        built.tasks.append(asyncio.create_task(following, name="oom-counters"))
     offered = [env.image for env in await catalog.all() if env.launchable]
     checking = backend.prepare_runtime(offered, only_copied=True)
     built.tasks.append(asyncio.create_task(checking, name="runtime-volumes"))
@@ -466,6 +477,40 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
         await workspaces.close()
         await backend.close()
         await built.close()
+        if firewall is not None:
+            await asyncio.get_running_loop().run_in_executor(None, firewall.remove)
+
+
+def engine_is_local(settings: Settings) -> bool:
+    """Whether the engine runs on this machine (its socket, not TCP or SSH)."""
+    host = settings.backend.docker_host
+    return not host or host.startswith("unix://")
+
+
+async def guard_host(settings: Settings, hub_id: str, executor: Executor) -> HostFirewall | None:
+    """Install the rules that keep workspaces off host services (``backend.host_firewall``);
+    warn, and run on, when that cannot be done."""
+    if not settings.backend.host_firewall:
+        log.warning("backend.host_firewall is off: workspaces can reach host services on 0.0.0.0")
+        return None
+    if not engine_is_local(settings):
+        log.warning(
+            "backend.host_firewall: the engine (%s) may run on another machine; install its "
+            "rules there: workspaces can reach that machine's services on 0.0.0.0",
+            settings.backend.docker_host,
+        )
+        return None
+    firewall = HostFirewall(hub_id=hub_id, interface=bridge_name(hub_id))
+    state = await asyncio.get_running_loop().run_in_executor(executor, firewall.install)
+    if state == "on":
+        log.info("host firewall on: chain %s", firewall.chain)
+    else:
+        log.warning(
+            "host firewall %s; workspaces can reach host services listening on 0.0.0.0 "
+            "(run the hub as root with iptables, or set backend.host_firewall = false)",
+            state,
+        )
+    return firewall
 
 
 async def watch_engine(workspaces: Workspaces, backend: DockerBackend) -> None:

@@ -86,6 +86,9 @@ class BackendSettings:
     # read-only volume copies: "auto" when the storage driver (fuse-overlayfs, vfs) makes
     # every container read its image with cold caches. Costs the copies' disk space.
     runtime_volumes: Literal["auto", "on", "off"] = "auto"
+    # Refuse what workspaces send to the host's own addresses (iptables INPUT rules on the
+    # hub's bridge), so that host services listening on 0.0.0.0 are not theirs to reach.
+    host_firewall: bool = True
 
 
 @dataclass(frozen=True)

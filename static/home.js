@@ -135,6 +135,12 @@ function card(model) {
   if (reason && model.state !== "running" && model.state !== "starting") {
     parts.push(el("p", { class: `reason ${/memory limit/.test(reason) ? "oom" : ""}`.trim() }, reason));
   }
+  if (model.state === "running" || model.state === "starting") {
+    // A process the kernel killed while the server lives on (an OOM-killed child).
+    for (const notice of model.notices || []) {
+      parts.push(el("p", { class: "reason oom", role: "status", "data-notice": "" }, notice));
+    }
+  }
   if (model.state === "running") {
     parts.push(el("div", { class: "live", "data-live": "" },
       el("div", { class: "stat" },
@@ -167,7 +173,8 @@ function render(servers) {
   let changed = false;
   for (const model of ordered) {
     seen.add(model.name);
-    const key = `${model.state}|${model.stopped_reason}|${model.started}|${model.version}`;
+    const notices = (model.notices || []).join("|");
+    const key = `${model.state}|${model.stopped_reason}|${model.started}|${model.version}|${notices}`;
     let entry = cards.get(model.name);
     if (!entry || entry.key !== key) {
       changed = true;
@@ -252,6 +259,10 @@ async function describe(servers) {
   const known = new Map([...cards.values()].map((e) => [e.model.name, e.model]));
   const out = servers.map((s) => {
     const was = known.get(s.name);
+    // A model without the field (an API that does not report notices) keeps those shown.
+    if (s.notices === undefined && was && was.started === s.started) {
+      s = { ...s, notices: was.notices, last_oom: was.last_oom };
+    }
     return was && was.environment === s.environment
       ? { ...s, version: was.version, description: was.description }
       : { ...s, version: undefined };

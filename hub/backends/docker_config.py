@@ -20,6 +20,7 @@ from docker.types import DeviceRequest, LogConfig
 from docker.types import Mount as DockerMount
 
 from hub.domain.errors import InvalidInput
+from hub.domain.resources import ENGINE_MIN_MEMORY, MIN_CPUS, format_memory
 from hub.domain.servers import ServerSpec
 
 HUB_LABEL = "labdock.hub"
@@ -66,6 +67,26 @@ def check_mounts(spec: ServerSpec) -> None:
                 f"mount {mount.volume!r} → {mount.target!r}: only named volumes may be "
                 "mounted, at absolute paths"
             )
+
+
+def check_limits(spec: ServerSpec) -> None:
+    """Refuse limits the engine would take as "no limit" (or refuse late, as a 502).
+
+    ``NanoCpus`` under 0.01 CPU becomes no CFS quota at all, ``PidsLimit`` 0 or
+    less is unlimited, and memory under 6 MiB is refused by the engine. Admission
+    refuses these first; this keeps any other path from reaching the engine with them.
+    """
+    res = spec.resources
+    if res.cpus < MIN_CPUS:
+        raise InvalidInput(f"cpus: at least {MIN_CPUS:g} CPUs, got {res.cpus:g}")
+    if res.memory < ENGINE_MIN_MEMORY:
+        raise InvalidInput(
+            f"memory: at least {format_memory(ENGINE_MIN_MEMORY)}, got {format_memory(res.memory)}"
+        )
+    if spec.pids_limit < 1:
+        raise InvalidInput(f"pids_limit: at least 1, got {spec.pids_limit}")
+    if spec.shm_size < 0:
+        raise InvalidInput(f"shm_size: must not be negative, got {spec.shm_size}")
 
 
 def server_labels(spec: ServerSpec, extra: Mapping[str, str]) -> dict[str, str]:
@@ -118,6 +139,7 @@ def create_args(
     ``runtime_mounts``: read-only copies of the image's own directories
     (``docker_runtime``), which change nothing the server can see but its speed.
     """
+    check_limits(spec)
     mounts = [DockerMount(target=spec.home, source=spec.home_volume, type="volume")]
     mounts += [
         DockerMount(target=m.target, source=m.volume, type="volume", read_only=m.read_only)

@@ -21,7 +21,9 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterator, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import docker
@@ -32,7 +34,17 @@ from hub.domain.servers import EngineEvent
 log = logging.getLogger(__name__)
 
 ACTIONS = ("start", "die", "oom")
+HUB_LABEL = "labdock.hub"
 SERVER_LABEL = "labdock.server"
+ROLE_LABEL = "labdock.role"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Where a container's memory cgroup lies, for cgroup v2 and v1, cgroupfs and systemd drivers.
+_OOM_FILES = (
+    "docker/{id}/memory.events",
+    "system.slice/docker-{id}.scope/memory.events",
+    "memory/docker/{id}/memory.oom_control",
+    "memory/system.slice/docker-{id}.scope/memory.oom_control",
+)
 
 
 class _Stream(Protocol):
@@ -262,3 +274,79 @@ class ExitWatcher:
                             future.set_exception(error)
                 self._waiters = {}
             await events.aclose()
+
+
+def oom_kill_count(container_id: str, root: Path = CGROUP_ROOT) -> int | None:
+    """How many processes the kernel OOM-killed in a container (``oom_kill`` in
+    ``memory.events`` on cgroup v2, in ``memory.oom_control`` on v1), read on the
+    engine's own machine; ``None`` when its cgroup is not found there."""
+    for pattern in _OOM_FILES:
+        try:
+            text = (root / pattern.format(id=container_id)).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return None
+
+
+class OomCounters:
+    """The fallback for engines that report no ``oom`` event when a process other than a
+    container's main one is OOM-killed: each rise of a server's cgroup OOM counter
+    becomes an ``oom`` ``EngineEvent``.
+
+        counters = OomCounters(client, hub_id="h1")
+        counters.poll()      # blocking: [EngineEvent(action="oom", server_id=42, ...)]
+
+    Only where the hub runs on the engine's machine and can read its cgroups.
+    """
+
+    def __init__(
+        self, client: docker.DockerClient, *, hub_id: str, root: Path = CGROUP_ROOT
+    ) -> None:
+        self._client = client
+        self._hub_id = hub_id
+        self._root = root
+        self._counts: dict[str, int] = {}
+        self._first = True
+
+    def poll(self) -> list[EngineEvent]:
+        """The servers whose counter rose since the last poll (blocking: one engine call)."""
+        running = self._client.api.containers(
+            filters={"label": [f"{HUB_LABEL}={self._hub_id}"], "status": "running"}
+        )
+        counts: dict[str, int] = {}
+        events = []
+        for found in running:
+            labels = found.get("Labels") or {}
+            server = str(labels.get(SERVER_LABEL, ""))
+            if not server.isdigit() or ROLE_LABEL in labels:
+                continue
+            container_id = str(found.get("Id", ""))
+            count = oom_kill_count(container_id, self._root)
+            if count is None:
+                continue
+            before = self._counts.get(container_id)
+            if before is None:  # first seen after the first poll: it started since
+                before = count if self._first else 0
+            if count > before:
+                events.append(EngineEvent("oom", int(server), container_id))
+            counts[container_id] = count
+        self._counts, self._first = counts, False
+        return events
+
+
+async def oom_counter_events(
+    counters: OomCounters, executor: Executor, every: float = 10.0
+) -> AsyncGenerator[EngineEvent, None]:
+    """Poll ``counters`` every ``every`` seconds, for ever; engine errors are logged."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            for event in await loop.run_in_executor(executor, counters.poll):
+                yield event
+        except Exception as exc:  # engine down: the event stream's reconcile repairs state
+            log.debug("OOM counters unreadable: %s", exc)
+        await asyncio.sleep(every)

@@ -19,10 +19,10 @@ from typing import Any
 from hub.domain.catalog import Environment
 from hub.domain.errors import QuotaExceeded
 from hub.domain.quotas import Scope, admit, headroom
-from hub.domain.resources import GiB, MiB, Resources
+from hub.domain.resources import MIN_CPUS as MIN_CPUS
+from hub.domain.resources import MIN_MEMORY as MIN_MEMORY
+from hub.domain.resources import GiB, Resources, format_cpus, format_memory
 
-MIN_MEMORY = 64 * MiB  # the smallest server choose_resources accepts
-MIN_CPUS = 0.01
 CPU_STEPS = (0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 MEMORY_STEPS = tuple(
     int(x * GiB)
@@ -89,14 +89,23 @@ def offer_for(
         limited_by["gpus"] = "the GPUs free on this hub"
 
     reason: str | None = None
-    smallest = Resources(cpus=min(MIN_CPUS, env.maximum.cpus), memory=MIN_MEMORY)
-    try:
-        admit(smallest, user=user, teams=teams, host=host)
-    except QuotaExceeded as exc:
-        reason = exc.message
+    smallest = Resources(cpus=MIN_CPUS, memory=MIN_MEMORY)
+    if env.maximum.cpus < MIN_CPUS:
+        reason = f"{env.name} allows at most {format_cpus(env.maximum.cpus)}; ask an admin"
+    else:
+        try:
+            admit(smallest, user=user, teams=teams, host=host)
+        except QuotaExceeded as exc:
+            reason = exc.message
     if reason is None and memory < MIN_MEMORY:
-        reason = f"needs at least 64 MiB of memory; {limited_by.get('memory', 'quota')} is full"
-    launchable = reason is None and cpus > 0
+        reason = (
+            f"needs at least {format_memory(MIN_MEMORY)} of memory; "
+            f"{limited_by.get('memory', 'quota')} is full"
+        )
+    if reason is None and cpus < MIN_CPUS:
+        full = limited_by.get("cpus", "quota")
+        reason = f"needs at least {format_cpus(MIN_CPUS)}; {full} is full"
+    launchable = reason is None
     if not launchable:
         return Offer(env.name, 0.0, 0, 0, False, reason or "no CPU left", limited_by)
 
@@ -106,7 +115,7 @@ def offer_for(
     ]
     gpu_choices = list(range(0, gpus + 1))
     default = {
-        "cpus": min(env.default.cpus, cpus),
+        "cpus": max(MIN_CPUS, min(env.default.cpus, cpus)),
         "memory": min(env.default.memory, memory),
         "gpus": min(env.default.gpus, gpus),
     }

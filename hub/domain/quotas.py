@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hub.domain.errors import QuotaExceeded
-from hub.domain.resources import Resources, format_memory
+from hub.domain.resources import Resources, check_floor, format_memory
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,12 @@ def _check(scope: Scope, need: Resources) -> None:
 
 
 def admit(need: Resources, *, user: Scope, teams: Sequence[Scope], host: Scope) -> None:
-    """Raise ``QuotaExceeded`` with the numbers if ``need`` does not fit every scope."""
+    """Raise ``QuotaExceeded`` with the numbers if ``need`` does not fit every scope.
+
+    Amounts under the floor that really limits a server (``check_floor``) are
+    ``InvalidInput``: they would otherwise count as almost nothing here and run unbounded.
+    """
+    check_floor(need)
     _check(user, need)
     for team in teams:
         _check(team, need)

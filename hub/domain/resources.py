@@ -18,6 +18,15 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 TiB = 1024 * GiB
 
+# The least CPU a server may have. Docker turns cpus into a CFS quota per 100 ms period;
+# below 0.01 (1 ms) the kernel refuses the quota, and below 1e-5 it rounds to none at all,
+# which is *no* limit: a 1e-9 CPU server would run unbounded while admission counts ~0.
+MIN_CPUS = 0.01
+# The least memory a server may have: labdock's floor, well above the engine's own (6 MiB),
+# under which no environment's app starts.
+MIN_MEMORY = 64 * MiB
+ENGINE_MIN_MEMORY = 6 * MiB
+
 _UNITS = {"": 1, "B": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB}
 # The largest size stored anywhere (a signed 64-bit column).
 MAX_SIZE = 2**63 - 1
@@ -42,6 +51,11 @@ def parse_memory(text: str | int, *, what: str = "memory") -> int:
     if size > MAX_SIZE:
         raise InvalidInput(f"{what}: {text[:40]!r} is more than any machine has")
     return int(size)
+
+
+def format_cpus(n: float) -> str:
+    """``0.5 CPUs``, ``1 CPU``, ``1e-09 CPUs``."""
+    return f"{n:g} CPU{'' if n == 1 else 's'}"
 
 
 def format_memory(n: int) -> str:
@@ -69,3 +83,21 @@ class Resources:
             raise InvalidInput("memory must be greater than 0")
         if self.gpus < 0:
             raise InvalidInput("gpus must not be negative")
+
+
+def check_floor(
+    need: Resources, *, maximum: Resources | None = None, who: str = "a server"
+) -> None:
+    """Refuse (``InvalidInput``) amounts under the least that limits a server for real.
+
+    The message gives the allowed range: ``cpus: python takes 0.01 to 4 CPUs, got 1e-09``.
+    """
+    if need.cpus < MIN_CPUS:
+        top = f" to {maximum.cpus:g}" if maximum is not None else " or more"
+        raise InvalidInput(f"cpus: {who} takes {MIN_CPUS:g}{top} CPUs, got {need.cpus:g}")
+    if need.memory < MIN_MEMORY:
+        top = f" to {format_memory(maximum.memory)}" if maximum is not None else " or more"
+        raise InvalidInput(
+            f"memory: {who} takes {format_memory(MIN_MEMORY)}{top}, "
+            f"got {format_memory(need.memory)}"
+        )

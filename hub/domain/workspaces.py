@@ -19,6 +19,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from hub.domain.accounts import TeamDirectory, User
@@ -42,7 +43,7 @@ from hub.domain.gpus import allocate
 from hub.domain.progress import ProgressBoard
 from hub.domain.quotas import Limits, Scope, Usage, admit
 from hub.domain.records import ACTIVE_STATES, AdmissionView, Claim, ServerRecord, WorkspaceRepo
-from hub.domain.resources import Resources, format_memory
+from hub.domain.resources import Resources, check_floor, format_memory
 from hub.domain.routes import Route, RouteTable
 from hub.domain.servers import (
     Backend,
@@ -88,6 +89,21 @@ def admission_scopes(view: AdmissionView, policy: Policy) -> tuple[Scope, list[S
     return user, teams, host
 
 
+@dataclass(frozen=True)
+class Notice:
+    """What the owner of a still-running server should know: the kernel killed one of its
+    processes (a child over the memory limit; the server itself lives on)."""
+
+    message: str
+    at: datetime
+
+
+def oom_notice(server_name: str, memory: int) -> str:
+    """``a process in lab was killed: over the 2 GiB memory limit``."""
+    where = server_name or "your default server"
+    return f"a process in {where} was killed: over the {format_memory(memory)} memory limit"
+
+
 def stopped_reason(event: EngineEvent, memory: int, oom_seen: bool) -> str:
     """The plain-words reason a server stopped, from what the engine said."""
     if oom_seen:
@@ -129,6 +145,7 @@ class Workspaces:
         self._launches: dict[int, asyncio.Task[None]] = {}
         self._oom: dict[int, float] = {}
         self._stops: set[asyncio.Task[None]] = set()
+        self._notices: dict[int, Notice] = {}
 
     # Launching --------------------------------------------------------------
 
@@ -176,6 +193,7 @@ class Workspaces:
         check_server_name(server_name)
         env = await self.environment(body.get("environment"), body.get("version"), owner)
         resources = choose_resources(env, body)
+        check_floor(resources, maximum=env.maximum, who=env.name)
         existing = await self._repo.get(owner.id, server_name)
         if existing is not None and existing.state in (ServerState.STARTING, ServerState.RUNNING):
             return existing, False
@@ -213,6 +231,7 @@ class Workspaces:
             )
 
     def _start_task(self, record: ServerRecord, env: Environment) -> None:
+        self._notices.pop(record.id, None)
         self.progress.begin(record.id)
         self.progress.publish(record.id, ProgressEvent(0, "queued"))
         task = asyncio.create_task(self._run_launch(record, env), name=f"launch-{record.id}")
@@ -329,6 +348,7 @@ class Workspaces:
             await asyncio.gather(task, return_exceptions=True)
             self.progress.publish(server_id, ProgressEvent(100, "launch cancelled", failed=True))
         await self._repo.mark(server_id, ServerState.STOPPING)
+        self._notices.pop(server_id, None)
         self._routes.remove(server_id)
         try:
             await self._backend.stop(server_id, remove=remove, grace=self._policy.stop_grace)
@@ -397,12 +417,14 @@ class Workspaces:
         now = time.monotonic()
         if event.action == "oom":
             self._oom[event.server_id] = now
+            await self._note_oom(event.server_id)
             return
         if event.action != "die":
             return
         record = await self._repo.by_id(event.server_id)
         if record is None or record.state != ServerState.RUNNING:
             return  # our own stop, or a launch the backend is already handling
+        self._notices.pop(event.server_id, None)  # the stopped reason says it now
         oom_at = self._oom.pop(event.server_id, None)
         oom = oom_at is not None and now - oom_at < OOM_WINDOW_S
         reason = stopped_reason(event, record.resources.memory, oom)
@@ -414,6 +436,20 @@ class Workspaces:
         ):
             self._routes.remove(event.server_id)
             log.info("server %s %s", event.server_id, reason)
+
+    async def _note_oom(self, server_id: int) -> None:
+        # The engine reports every OOM kill in the container; if its main process
+        # survives no ``die`` follows, so only this notice tells the owner.
+        record = await self._repo.by_id(server_id)
+        if record is None or record.state not in (ServerState.RUNNING, ServerState.STARTING):
+            return
+        message = oom_notice(record.name, record.resources.memory)
+        self._notices[server_id] = Notice(message, self._clock.now())
+        log.info("server %s: %s", server_id, message)
+
+    def notice(self, server_id: int) -> Notice | None:
+        """The latest notice about a server that still runs (an OOM-killed child), if any."""
+        return self._notices.get(server_id)
 
     async def follow_engine(self, events: Any) -> None:
         """Consume an async iterator of ``EngineEvent`` until it ends or is cancelled."""

@@ -56,7 +56,11 @@ class UserHandler(ApiHandler):
 
     async def get(self, name: str) -> None:
         owner = await self.owner(name, "read:servers")
-        self.write_json(user_model(owner, await self.deps.servers.of_user(owner.id)))
+        self.write_json(
+            user_model(
+                owner, await self.deps.servers.of_user(owner.id), self.deps.workspaces.notice
+            )
+        )
 
     async def post(self, name: str) -> None:
         actor = self.require("admin:users")  # a narrowed scope cannot create users
@@ -112,7 +116,8 @@ class UserHandler(ApiHandler):
             target=name,
             detail={"admin": admin, "disabled": disabled},
         )
-        self.write_json(user_model(updated, await self.deps.servers.of_user(updated.id)))
+        notice_of = self.deps.workspaces.notice
+        self.write_json(user_model(updated, await self.deps.servers.of_user(updated.id), notice_of))
 
 
 def quota_limits(body: dict[str, Any]) -> dict[str, float | int | None]:

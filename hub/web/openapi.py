@@ -167,6 +167,17 @@ SCHEMAS: dict[str, Any] = {
                 "examples": ["stopped: exceeded its 2 GiB memory limit"],
             },
             "image_digest": {"type": "string", "description": "The image it runs, pinned."},
+            "notices": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "What the owner of a running server should know.",
+                "examples": [["a process in lab was killed: over the 2 GiB memory limit"]],
+            },
+            "last_oom": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "When a process in the running server was last OOM-killed.",
+            },
         },
     },
     "User": {
@@ -197,7 +208,7 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "description": "A version label or image digest (default: the current one).",
             },
-            "cpus": {"type": "number", "exclusiveMinimum": 0, "examples": [2]},
+            "cpus": {"type": "number", "minimum": 0.01, "examples": [2]},
             "memory": {**SIZE, "examples": ["4G"]},
             "gpus": {"type": "integer", "minimum": 0, "examples": [0]},
         },

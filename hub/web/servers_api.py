@@ -9,6 +9,7 @@ GET    /hub/api/users/alice/servers/lab/progress             -> text/event-strea
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from hub.domain.accounts import User, may_act_on
 from hub.domain.errors import Forbidden, InvalidInput, LaunchFailed, NotFound
 from hub.domain.records import ServerRecord
 from hub.domain.servers import ProgressEvent, ServerState
+from hub.domain.workspaces import Notice
 from hub.web.base import BaseHandler
 from hub.web.openapi import errors, json_body, json_content, param, ref
 
@@ -26,8 +28,15 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat().replace("+00:00", "Z") if at else None
 
 
-def server_model(record: ServerRecord) -> dict[str, Any]:
-    """A server as the API shows it (JupyterHub's shape, plus labdock's fields)."""
+NoticeOf = Callable[[int], Notice | None]
+
+
+def server_model(record: ServerRecord, notice: Notice | None = None) -> dict[str, Any]:
+    """A server as the API shows it (JupyterHub's shape, plus labdock's fields).
+
+    ``notices``: what the owner of a running server should know (a process in it was
+    OOM-killed while the server lives on); ``last_oom``: when that was.
+    """
     api = f"/hub/api/users/{record.user_name}"
     path = f"{api}/servers/{record.name}" if record.name else f"{api}/server"
     pending = {ServerState.STARTING: "spawn", ServerState.STOPPING: "stop"}.get(record.state)
@@ -49,17 +58,29 @@ def server_model(record: ServerRecord) -> dict[str, Any]:
             "gpu_ids": list(record.gpu_ids),
         },
         "stopped_reason": record.stopped_reason,
+        "notices": [notice.message] if notice else [],
+        "last_oom": _iso(notice.at) if notice else None,
         # The image it runs, pinned: relaunch it with {"version": image_digest}.
         "image_digest": record.image_digest,
     }
 
 
-def user_model(user: User, servers: list[ServerRecord]) -> dict[str, Any]:
+def user_model(
+    user: User, servers: list[ServerRecord], notice_of: NoticeOf | None = None
+) -> dict[str, Any]:
+    """A user as the API shows it, with their servers and, given ``notice_of``, each
+    one's notices (without it the models leave ``notices`` out rather than claim none)."""
+    servers_models = {}
+    for record in servers:
+        model = server_model(record, notice_of(record.id) if notice_of else None)
+        if notice_of is None:
+            del model["notices"], model["last_oom"]
+        servers_models[record.name] = model
     return {
         "name": user.name,
         "admin": user.is_admin,
         "disabled": user.disabled,
-        "servers": {s.name: server_model(s) for s in servers},
+        "servers": servers_models,
     }
 
 
@@ -236,7 +257,8 @@ class UsersHandler(ApiHandler):
         for record in records:
             by_user.setdefault(record.user_name, []).append(record)
         users = [actor] if not actor.is_admin else await self.deps.accounts.all_users()
-        self.write_json([user_model(u, by_user.get(u.name, [])) for u in users])
+        notice_of = self.deps.workspaces.notice
+        self.write_json([user_model(u, by_user.get(u.name, []), notice_of) for u in users])
 
 
 def _server_paths(base: str, params: list[dict[str, str]], which: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 async def server_view(handler: BaseHandler, record: ServerRecord) -> dict[str, Any]:
     """The API's server model plus the environment's version and description."""
-    model = server_model(record)
+    model = server_model(record, handler.deps.workspaces.notice(record.id))
     env = await handler.deps.catalog.by_id(record.environment_id or 0, record.image_digest)
     model["version"] = env.version if env else None
     model["description"] = env.description if env else None
