@@ -15,7 +15,7 @@ import hub.backends.fake
 from hub.backends.fake import Behaviour, FakeBackend, behaviour
 from hub.domain.errors import BackendUnavailable, Conflict, InvalidInput, NotFound
 from hub.domain.resources import GiB, Resources
-from hub.domain.servers import EngineEvent, ProgressEvent, ServerSpec
+from hub.domain.servers import EngineEvent, Mount, ProgressEvent, ServerSpec
 
 ROOT = Path(__file__).parent.parent
 
@@ -154,3 +154,15 @@ async def test_the_event_stream_breaks_when_the_engine_goes_away() -> None:
     await backend.close()  # a closed backend ends its streams
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(anext(later), 1)
+
+
+async def test_volumes_outlive_their_containers_until_removed_by_name() -> None:
+    backend = FakeBackend(hub_id="h1")
+    team = Mount("labdock-h1-t3-shared", "/home/analyst/teams/a")
+    await backend.start(spec(mounts=(team,)), quiet)
+    await backend.stop(1, remove=True)
+    assert backend.volumes == {"labdock-h1-u7-home", "labdock-h1-t3-shared"}
+
+    await backend.remove_volume(7)
+
+    assert backend.volumes == {"labdock-h1-t3-shared"}

@@ -68,6 +68,7 @@ from hub.domain.servers import (
     ProgressEvent,
     ProgressSink,
     ServerSpec,
+    home_volume_name,
 )
 
 PREFIX = "fake/"
@@ -235,7 +236,7 @@ class FakeBackend:
     async def remove_volume(self, user_id: int) -> None:
         """Delete a user's home volume (an explicit admin action). Missing is fine."""
         self._check()
-        self._volumes.discard(f"labdock-{self._hub_id}-u{user_id}-home")
+        self._volumes.discard(home_volume_name(self._hub_id, user_id))
 
     async def close(self) -> None:
         """Stop every scripted behaviour and end the event streams (containers stay)."""
@@ -389,7 +390,7 @@ class FakeBackend:
                 "before it was ready",
                 logs=logs,
             )
-        self._die(container, STOPPED_EXIT_CODE)  # stopped, kept for inspection
+        self._halt(container)  # stopped, kept for inspection
         raise LaunchFailed(
             f"server {spec.server_id} was not ready after {spec.start_timeout:g} s",
             logs=tuple(container.lines[-LOG_LINES:]),
@@ -410,8 +411,14 @@ class FakeBackend:
             self._publish(EngineEvent("oom", sid, container.id))
         self._publish(EngineEvent("die", sid, container.id, exit_code=exit_code))
 
+    def _halt(self, container: _Container) -> None:
+        """SIGTERM, which the fake app obeys at once."""
+        if container.status == "running":
+            container.say("fake: SIGTERM received, exiting")
+            self._die(container, STOPPED_EXIT_CODE)
+
     def _forget(self, container: _Container) -> None:
-        self._die(container, STOPPED_EXIT_CODE)
+        self._halt(container)
         if self._containers.get(container.spec.server_id) is container:
             del self._containers[container.spec.server_id]
 
@@ -425,9 +432,7 @@ class FakeBackend:
         container = self._containers.get(server_id)
         if container is None:
             return
-        if container.status == "running":
-            container.say("fake: SIGTERM received, exiting")
-            self._die(container, STOPPED_EXIT_CODE)
+        self._halt(container)
         if remove:
             self._forget(container)
 
