@@ -101,7 +101,7 @@ async def test_never_ready_launch_fails_at_the_launch_timeout_with_the_reason(
 
     record = await hub.launch(alice, "lab", "stuck")
 
-    assert 0.5 <= time.monotonic() - began < 3
+    assert 0.5 <= time.monotonic() - began < 5
     assert record.state == ServerState.FAILED
     assert record.stopped_reason == (
         f"failed to start: server {record.id} was not ready after 0.5 s"
