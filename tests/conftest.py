@@ -80,19 +80,17 @@ def hub_id() -> str:
     return made
 
 
-@pytest.fixture(scope="session", autouse=True)
-def sweep_session_hubs(docker_client: docker.DockerClient) -> Iterator[None]:
-    """After the last test, remove anything a hub of this session left on the engine
-    (each test cleans its own; this catches what a late engine call created after that),
-    and say so, so that a leak is seen rather than silently absorbed."""
-    yield
+def sweep_session_hubs(client: docker.DockerClient) -> None:
+    """Remove anything a hub of this session left on the engine (each test cleans its
+    own; this catches what a late engine call created after that), and say so, so
+    that a leak is seen rather than silently absorbed."""
     leftovers = []
     test = {"label": ["labdock.test=1"]}
     kinds: list[tuple[str, Any, Any]] = [
-        ("container", docker_client.containers.list(all=True, filters=test),
+        ("container", client.containers.list(all=True, filters=test),
          lambda c: c.remove(force=True)),
-        ("volume", docker_client.volumes.list(filters=test), lambda v: v.remove(force=True)),
-        ("network", docker_client.networks.list(filters=test), lambda n: n.remove()),
+        ("volume", client.volumes.list(filters=test), lambda v: v.remove(force=True)),
+        ("network", client.networks.list(filters=test), lambda n: n.remove()),
     ]
     for kind, found, remove in kinds:
         for thing in found:
@@ -167,10 +165,34 @@ def with_settings(settings: Settings) -> Any:
     return make
 
 
+# Fixtures that reach the real engine; a test using any of them (directly or through
+# another fixture) is marked ``docker``, so that `pytest -m "not docker"` runs without one.
+ENGINE_FIXTURES = frozenset({"docker_client"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs the real engine with ``docker``."""
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.docker)
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
-    """The real engine. A test that needs it fails (never skips) when it is missing."""
-    client = docker.from_env()
-    client.ping()
+    """The real engine. A test that needs it fails (never skips) when it is missing.
+
+    Made on first use only, so that a session of tests that need no engine never
+    asks for one; the sweep of this session's leftovers runs at its end, only then.
+    """
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # the SDK raises several kinds for "no engine here"
+        pytest.fail(
+            f"this test needs the Docker engine, which cannot be reached ({exc}); start it, "
+            "or run only the tests that need none: pytest -m 'not docker'",
+            pytrace=False,
+        )
     yield client
+    sweep_session_hubs(client)
     client.close()

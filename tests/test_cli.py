@@ -85,6 +85,8 @@ def test_serve_with_a_bad_environment_variable_names_it(tmp_path: Path) -> None:
     assert_one_line_config_error(done, "hub.port", "eighty")
 
 
+# The hub asks the engine before it binds: without one it warns first, on more lines.
+@pytest.mark.docker
 def test_serve_on_a_port_in_use_exits_2(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -148,6 +148,7 @@ def busy_container() -> object:
     client.close()
 
 
+@pytest.mark.docker
 async def test_a_real_container_is_read_from_its_cgroup_in_a_millisecond(
     busy_container: docker.models.containers.Container,
 ) -> None:
@@ -166,6 +167,7 @@ async def test_a_real_container_is_read_from_its_cgroup_in_a_millisecond(
     assert 0.05 < max(first.cpu_cores, usage.cpu_cores) <= 0.6, (first, usage)
 
 
+@pytest.mark.docker
 async def test_without_cgroup_files_the_engine_stats_api_gives_the_same_figures(
     busy_container: docker.models.containers.Container, tmp_path: Path
 ) -> None:
@@ -179,6 +181,7 @@ async def test_without_cgroup_files_the_engine_stats_api_gives_the_same_figures(
     assert 0.05 < usage.cpu_cores <= 0.6, usage
 
 
+@pytest.mark.docker
 async def test_a_stopped_container_is_a_conflict(tmp_path: Path) -> None:
     client = docker.from_env()
     container = client.containers.create(
