@@ -312,7 +312,7 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
     catalog = SqlCatalog(sessions)
     await seed_catalog(catalog, client, executor)
     servers = SqlServerRepo(sessions)
-    routes = RouteTable()
+    routes = RouteTable(admin_access=settings.hub.admin_access)
     capacity, gpus = host_capacity(settings.capacity)
     quota = settings.quota
     teams = SqlTeamRepo(sessions)
@@ -394,7 +394,7 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
         app=make_app(
             deps,
             secret,
-            proxy_routes(deps, routes, activity, upstream=upstream),
+            proxy_routes(deps, routes, activity, upstream=upstream, tunnels=front.config.tunnels),
             metrics=HubMetrics(capacity=capacity, relayed=lambda: front.relayed),
         ),
         deps=deps,

@@ -30,8 +30,15 @@ from tornado.web import decode_signed_value
 
 from hub.domain.accounts import SCOPES, TOKEN_PREFIX, Accounts, User
 
+# The scope a token needs to reach user servers; browser sessions hold every scope.
+ACCESS_SCOPE = "access:servers"
+
 Credential = tuple[str, str]
 """``("token", value)`` or ``("session", signed cookie value)``."""
+
+Subject = tuple[str, str]
+"""What a grant was looked up for, as the DB knows it: ``("token", value)`` or
+``("session", session id)`` (the cookie's signed value, unwrapped)."""
 
 
 def hub_token(authorization: str | None) -> str | None:
@@ -58,6 +65,24 @@ class Grant:
     user: User
     scopes: frozenset[str]
     until: float
+    subject: Subject = ("", "")
+
+
+async def look_up(accounts: Accounts, subject: Subject) -> tuple[User, frozenset[str]] | None:
+    """Ask the DB, now, who ``subject`` speaks for and with which scopes; ``None``: nobody.
+
+    A revoked or expired token, a session logged out or ended (a password change,
+    a disabled user) all answer ``None``.
+    """
+    kind, value = subject
+    if kind == "token":
+        found = await accounts.token_grant(value)
+        return (found.user, found.scopes) if found is not None else None
+    if kind == "session":
+        user = await accounts.session_user(value)
+        # A browser session may do whatever its user may do.
+        return (user, SCOPES) if user is not None else None
+    return None
 
 
 class ProxyAuth:
@@ -111,26 +136,28 @@ class ProxyAuth:
         """Ask the accounts service who ``credential`` is; remember a positive answer."""
         kind, value = credential
         if kind == "token":
-            found = await self._accounts.token_grant(value)
-            if found is None:
-                return None
-            user, scopes = found.user, found.scopes
+            subject: Subject = credential
         else:
             session = decode_signed_value(
                 self._secret, self.session_cookie, value, max_age_days=self._max_age_days
             )
             if not session:
                 return None
-            session_user = await self._accounts.session_user(session.decode())
-            if session_user is None:
-                return None
-            # A browser session may do whatever its user may do.
-            user, scopes = session_user, SCOPES
+            subject = ("session", session.decode())
+        found = await look_up(self._accounts, subject)
+        if found is None:
+            return None
         if len(self._grants) >= self._max_entries:
             self._grants.clear()
-        grant = Grant(user, scopes, self._clock() + self.ttl)
+        grant = Grant(found[0], found[1], self._clock() + self.ttl, subject)
         self._grants[credential] = grant
         return grant
+
+    def forget_user(self, user_id: int) -> None:
+        """Drop the grants of one user (their access was just revoked)."""
+        for credential, grant in list(self._grants.items()):
+            if grant.user.id == user_id:
+                del self._grants[credential]
 
     def clear(self) -> None:
         """Forget every grant (a user was disabled, say); the next requests ask again."""
