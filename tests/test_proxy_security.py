@@ -453,7 +453,7 @@ async def test_a_request_head_trickled_a_byte_at_a_time_is_cut_at_the_head_deadl
             assert 1.3 < elapsed < 3.0, elapsed  # each byte did not put the deadline off
         # A connection that sends nothing at all is let go by the same deadline.
         silent, elapsed = await trickle(port, b"", 0.2)
-        assert silent.startswith(b"HTTP/1.1 408 ") and elapsed < 3.0
+        assert silent == b"" and 1.3 < elapsed < 3.0
         # A slow head that ends in time passes; so does the next one on that connection.
         whole = b"GET /hub/login HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n"
         answer, _ = await trickle(port, whole, 1.0 / len(whole))

@@ -41,7 +41,6 @@ that makes no progress for ``UpstreamPool.idle_timeout`` gives 504.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.client import responses
@@ -54,15 +53,16 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketHandler
 
-from hub.domain.accounts import User
 from hub.domain.activity import ActivityTracker
 from hub.domain.errors import InvalidInput, LabdockError
 from hub.domain.routes import Route, RouteTable, canonical_path, upstream_path
 from hub.web.base import BaseHandler, status_for
 from hub.web.deps import WebDeps
 from hub.web.pages import safe_next
-from hub.web.proxy_auth import ACCESS_SCOPE, ProxyAuth, Subject, hub_token
-from hub.web.proxy_fast import FrontProxy
+from hub.web.proxy_auth import ACCESS_SCOPE, Subject, hub_token
+from hub.web.proxy_front import CSP as _CSP
+from hub.web.proxy_front import PAGE as _PAGE
+from hub.web.proxy_front import front_proxy as front_proxy  # where hub.app builds it from
 from hub.web.proxy_headers import (
     Forwarded,
     connection_tokens,
@@ -71,8 +71,6 @@ from hub.web.proxy_headers import (
     response_headers,
     upstream_headers,
 )
-from hub.web.proxy_pool import ConnectionPool
-from hub.web.proxy_relay import FrontConfig, Refuse
 from hub.web.proxy_tunnels import Tunnel, Tunnels
 from hub.web.proxy_upstream import (
     UpstreamError,
@@ -89,19 +87,6 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # One answer, whatever the reason, to whoever may not open a server at an address:
 # another user's running or stopped server, or none at all.
 NO_SERVER = "There is no server you may open at this address."
-_CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'"
-
-_PAGE = """{% extends "base.html" %}
-{% block title %}{{ title }} · labdock{% endblock %}
-{% block main %}
-<section class="card narrow">
-  <h1>{{ title }}</h1>
-  <p>{{ message }}</p>
-  {% if start %}<p><a class="button" href="/hub/home">Start it from your home page</a></p>
-  {% else %}<p><a href="/hub/home">Back to labdock</a></p>{% endif %}
-</section>
-{% endblock %}
-"""
 
 
 @dataclass(frozen=True)
@@ -155,80 +140,6 @@ def proxy_routes(
         tunnels=tunnels if tunnels is not None else Tunnels(deps.accounts, routes),
     )
     return [(r"/user/.*", ProxyHandler, {"deps": deps, "proxy": settings})]
-
-
-def front_proxy(
-    deps: WebDeps,
-    routes: RouteTable,
-    activity: ActivityTracker,
-    *,
-    hub: str,
-    cookie_secret: bytes,
-    pool: ConnectionPool | None = None,
-    auth_ttl: float = 2.0,
-) -> FrontProxy:
-    """The fast path in front of the hub's handlers (see ``hub.web.proxy_fast``).
-
-    ``hub`` is where the tornado application listens for what the front does
-    not answer itself (``unix:/path``); that listener must trust ``X-Real-Ip``
-    (``xheaders=True``) and nothing but the front may reach it. Logging out,
-    revoking a token or changing a password takes effect on the fast path
-    within ``auth_ttl`` seconds for new requests, and within 2 s for open
-    WebSockets and streams (``front.config.tunnels``, to share with
-    ``proxy_routes``). ``hub.request_head_timeout`` and
-    ``hub.max_connections_per_client`` bound slow and piled-up connections.
-    """
-    hub_settings = deps.settings.hub
-    public = urlsplit(hub_settings.public_url)
-    auth = ProxyAuth(
-        deps.accounts,
-        cookie_secret=cookie_secret,
-        session_cookie=deps.session_cookie,
-        max_age_days=hub_settings.session_hours / 24 + 1,
-        ttl=auth_ttl,
-    )
-    config = FrontConfig(
-        routes=routes,
-        activity=activity,
-        auth=auth,
-        hub=hub,
-        refuse=_front_refusal(deps.templates.from_string(_PAGE)),
-        public_origin=f"{public.scheme}://{public.netloc}".lower() if public.netloc else "",
-        public_scheme=public.scheme if public.netloc else "",
-        hub_cookies=frozenset({deps.session_cookie, "_xsrf"}),
-        head_timeout=hub_settings.request_head_timeout,
-        max_connections_per_client=hub_settings.max_connections_per_client,
-        tunnels=Tunnels(deps.accounts, routes, on_revoke=auth.forget_user),
-    )
-    return FrontProxy(config, pool if pool is not None else ConnectionPool())
-
-
-def _front_refusal(page: Template) -> Refuse:
-    """The front's own error answers: the same page, or JSON, as ``ProxyHandler._refuse``."""
-
-    def refuse(status: int, message: str, wants_html: bool, user: User | None) -> bytes:
-        reason = responses.get(status, "Error")
-        if wants_html:
-            body = page.render(
-                title=f"{status} {reason}",
-                message=message,
-                start=False,
-                user=user,
-                xsrf_form_html="",
-                static_url=lambda path: "/hub/static/" + path,
-            ).encode()
-            kind = f"text/html; charset=UTF-8\r\nContent-Security-Policy: {_CSP}"
-        else:
-            body = json.dumps({"status": status, "message": message}).encode()
-            kind = "application/json; charset=UTF-8"
-        head = (
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\n"
-            "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        )
-        return head.encode() + body
-
-    return refuse
 
 
 @tornado.web.stream_request_body

@@ -382,7 +382,14 @@ class _Client(Relay, Reader):
             self.timer = self.loop.call_at(deadline, self._watch)
 
     def _head_timed_out(self) -> None:
-        self._bad_request(408, "Request Timeout")
+        if self.buf:
+            self._bad_request(408, "Request Timeout")
+            return
+        # Nothing of a head yet: close quietly, as for an idle keep-alive connection.
+        self.state = CLOSED
+        self._stop_timer()
+        if self.transport is not None:
+            self.transport.close()
 
     def _take_request(self, raw: bytes) -> None:
         """Read the request head ``raw`` (without its blank line) and send the request on."""
