@@ -129,7 +129,8 @@ async def test_revoke_user_and_subject_close_at_once_and_tell_the_grant_cache() 
     tunnels.open(("session", "s1"), user_id=2, route=route, close=a)
     tunnels.open(("token", "ldk_x"), user_id=2, route=route, close=b)
     tunnels.open(("session", "s9"), user_id=7, route=route, close=c)
-    assert tunnels.revoke_subject(("session", "s1")) == 1 and (a.count, b.count) == (1, 0)
+    assert tunnels.revoke_session("s1") == 1 and (a.count, b.count) == (1, 0)
+    assert tunnels.revoke_token("ldk_other") == 0
     assert tunnels.revoke_user(2) == 1 and b.count == 1 and c.count == 0
     assert told == [2]
     await tunnels.close()

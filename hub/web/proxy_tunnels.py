@@ -109,6 +109,14 @@ class Tunnels:
         """Close every connection let through for one session or token now."""
         return self._end_where(lambda tunnel: tunnel.subject == subject)
 
+    def revoke_session(self, session_id: str) -> int:
+        """Close the connections of one browser session now (logged out)."""
+        return self.revoke_subject(("session", session_id))
+
+    def revoke_token(self, token: str) -> int:
+        """Close the connections made with one API token now (revoked)."""
+        return self.revoke_subject(("token", token))
+
     def route_removed(self, route: Route) -> None:
         """A server's route went (stopped, removed, moved): close its connections."""
         self._end_where(
