@@ -329,7 +329,7 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
     catalog = SqlCatalog(sessions)
     await seed_catalog(catalog, client, executor)
     servers = SqlServerRepo(sessions)
-    routes = RouteTable()
+    routes = RouteTable(admin_access=settings.hub.admin_access)
     capacity, gpus = host_capacity(settings.capacity)
     quota = settings.quota
     teams = SqlTeamRepo(sessions)
@@ -431,14 +431,16 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
     app = make_app(
         deps,
         secret,
-        proxy_routes(deps, routes, activity, upstream=upstream)
+        proxy_routes(deps, routes, activity, upstream=upstream, tunnels=front.config.tunnels)
         if hosts is None
         else hub_host_routes(deps, hosts, routes),
         metrics=HubMetrics(capacity=capacity, relayed=lambda: front.relayed),
     )
     if hosts is not None:
         # Before the hub's own handlers: nothing of the hub answers on a user's host.
-        app.add_handlers(*user_host_rules(deps, hosts, routes, activity, upstream))
+        app.add_handlers(
+            *user_host_rules(deps, hosts, routes, activity, upstream, front.config.tunnels)
+        )
     built = Hub(
         app=app,
         deps=deps,

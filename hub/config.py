@@ -61,6 +61,19 @@ class HubSettings:
     user_domain: str = ""
     # Days an API token lives when its creator names no expiry; 0: such tokens never expire.
     token_expiry_days: float = 90.0
+    # Let admins open every user's server through the proxy (/user/...). Off by
+    # default, because it is risky: the user's page then runs in the admin's browser
+    # on the hub's own origin (servers are reached by path), where its scripts can
+    # call the hub's API as the admin. Admins stop, restart and remove servers from
+    # the console (the API) either way.
+    admin_access: bool = False
+    # Seconds a client may take to send one whole request head, from a new connection
+    # or from the head's first byte, however steadily it trickles (slowloris): 408.
+    request_head_timeout: float = 30.0
+    # Connections open at once from one client address on the public port (the one
+    # over gets 429 and is closed); 0: no cap. Behind a TLS-terminating proxy every
+    # client shares the proxy's address: raise it, or set 0 and cap there.
+    max_connections_per_client: int = 256
 
 
 @dataclass(frozen=True)
@@ -262,6 +275,10 @@ def _check(settings: Settings) -> Settings:
         raise ConfigError("hub.token_expiry_days: must be between 0 (never) and 36500 days")
     if hub.launch_timeout <= 0:
         raise ConfigError("hub.launch_timeout: must be greater than 0")
+    if hub.request_head_timeout <= 0:
+        raise ConfigError("hub.request_head_timeout: must be greater than 0")
+    if hub.max_connections_per_client < 0:
+        raise ConfigError("hub.max_connections_per_client: must not be negative (0: no cap)")
     if hub.public_url and not hub.public_url.startswith(("http://", "https://")):
         raise ConfigError(
             f"hub.public_url: must start with http:// or https://, got {hub.public_url!r}"

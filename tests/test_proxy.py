@@ -465,40 +465,46 @@ async def test_login_redirect_never_points_off_the_hub(proxy_hub: ProxyHub, path
         assert status == 400
 
 
-async def test_another_user_is_refused_with_403(proxy_hub: ProxyHub) -> None:
+async def test_another_user_is_refused_as_if_no_server_were_there(proxy_hub: ProxyHub) -> None:
     bob = await proxy_hub.browser("bob")
     response = await proxy_hub.fetch("/user/alice/echo", bob)
-    assert response.code == 403 and "not shared" in body(response)["message"]
+    assert response.code == 404 and "no server you may open" in body(response)["message"]
     page = await proxy_hub.fetch("/user/alice/echo", bob, headers={"Accept": "text/html"})
-    assert page.code == 403 and b"<html" in page.body
+    assert page.code == 404 and b"<html" in page.body
 
 
-async def test_shared_user_and_admin_get_through(
+async def test_shared_user_gets_through_and_admins_only_with_admin_access(
     proxy_hub: ProxyHub, upstreams: dict[str, Upstream]
 ) -> None:
     proxy_hub.route(upstreams["alice"], server_id=1, shared_with=frozenset({proxy_hub.ids["bob"]}))
-    for name in ("bob", "root"):
-        browser = await proxy_hub.browser(name)
-        response = await proxy_hub.fetch("/user/alice/echo", browser)
+    bob = await proxy_hub.browser("bob")
+    response = await proxy_hub.fetch("/user/alice/echo", bob)
+    assert response.code == 200 and body(response)["name"] == "alice"
+    root, carol = await proxy_hub.browser("root"), await proxy_hub.browser("carol")
+    assert (await proxy_hub.fetch("/user/alice/echo", carol)).code == 404
+    assert (await proxy_hub.fetch("/user/alice/echo", root)).code == 404
+    proxy_hub.routes.admin_access = True
+    try:
+        response = await proxy_hub.fetch("/user/alice/echo", root)
         assert response.code == 200 and body(response)["name"] == "alice"
-    carol = await proxy_hub.browser("carol")
-    assert (await proxy_hub.fetch("/user/alice/echo", carol)).code == 403
+    finally:
+        proxy_hub.routes.admin_access = False
 
 
 @pytest.mark.parametrize(
     ("path", "status"),
     [
-        ("/user/alice/../bob/echo", 403),
-        ("/user/alice/%2e%2e/bob/echo", 403),
-        ("/user/alice/%2E%2E/bob/echo", 403),
-        ("/user/alice/x/../../bob/echo", 403),
+        ("/user/alice/../bob/echo", 404),
+        ("/user/alice/%2e%2e/bob/echo", 404),
+        ("/user/alice/%2E%2E/bob/echo", 404),
+        ("/user/alice/x/../../bob/echo", 404),
         ("/user/alice%2Fx/echo", 400),
         ("/user/alice%2fx/../../bob/echo", 400),
         ("/user/alice;x/echo", 400),
         ("/user/bob;/echo", 400),
         ("/user/alice\\..\\bob/echo", 400),
-        ("/user/al/echo", 503),
-        ("/user/bo/echo", 503),
+        ("/user/al/echo", 404),
+        ("/user/bo/echo", 404),
         ("/user/alice/..%2Fbob/echo", 400),
         ("/user//alice/echo", 200),
         ("/user/%61lice/echo", 200),
@@ -848,7 +854,7 @@ async def test_websocket_without_a_session_is_refused(proxy_hub: ProxyHub) -> No
 
 async def test_websocket_of_another_user_is_refused(proxy_hub: ProxyHub) -> None:
     bob = await proxy_hub.browser("bob")
-    assert await ws_refusal(proxy_hub, "/user/alice/ws", bob) == 403
+    assert await ws_refusal(proxy_hub, "/user/alice/ws", bob) == 404
 
 
 async def test_websocket_from_a_foreign_origin_is_refused(

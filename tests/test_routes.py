@@ -119,7 +119,12 @@ def test_prefix_and_access_rules() -> None:
     assert shared.may_access(7, is_admin=False)
     assert shared.may_access(8, is_admin=False)
     assert not shared.may_access(9, is_admin=False)
-    assert shared.may_access(9, is_admin=True)
+    # Admins are let in only where the hub's admin_access setting says so.
+    assert not shared.may_access(9, is_admin=True)
+    assert shared.may_access(9, is_admin=True, admin_access=True)
+    assert not RouteTable().allows(shared, 9, is_admin=True)
+    assert RouteTable(admin_access=True).allows(shared, 9, is_admin=True)
+    assert not RouteTable(admin_access=True).allows(shared, 9, is_admin=False)
 
 
 @pytest.mark.parametrize(

@@ -49,9 +49,14 @@ class Route:
         """The public prefix, with a trailing slash: ``/user/alice/lab/``."""
         return f"/user/{self.user}/{self.server}/" if self.server else f"/user/{self.user}/"
 
-    def may_access(self, user_id: int, *, is_admin: bool) -> bool:
-        """The owner, users it is shared with, and admins may pass."""
-        return user_id == self.user_id or user_id in self.shared_with or is_admin
+    def may_access(self, user_id: int, *, is_admin: bool, admin_access: bool = False) -> bool:
+        """The owner and users it is shared with may pass; admins only with ``admin_access``.
+
+        Admin access is off unless the hub's ``hub.admin_access`` setting turns it on
+        (see ``RouteTable``): the page of a user's server runs in the admin's browser,
+        on the hub's origin when servers are reached by path, and could act as the admin.
+        """
+        return user_id == self.user_id or user_id in self.shared_with or (is_admin and admin_access)
 
 
 def canonical_path(raw: str) -> str:
@@ -122,9 +127,15 @@ def upstream_path(raw: str, rest: str, route: Route) -> str:
 
 
 class RouteTable:
-    """Routes in memory, keyed by (user name, server name)."""
+    """Routes in memory, keyed by (user name, server name), and who may use them.
 
-    def __init__(self) -> None:
+    ``admin_access`` (the ``hub.admin_access`` setting, off by default) lets admins
+    open every user's server through the proxy. Every path of the proxy asks
+    ``allows``, so the rule has one home.
+    """
+
+    def __init__(self, *, admin_access: bool = False) -> None:
+        self.admin_access = admin_access
         self._routes: dict[tuple[str, str], Route] = {}
         self._by_server: dict[int, tuple[str, str]] = {}
         self._on_remove: list[Callable[[Route], None]] = []
@@ -157,6 +168,10 @@ class RouteTable:
     def _drop(self, server_id: int) -> Route | None:
         key = self._by_server.pop(server_id, None)
         return self._routes.pop(key, None) if key else None
+
+    def allows(self, route: Route, user_id: int, *, is_admin: bool) -> bool:
+        """Whether the user may reach ``route``'s server through the proxy."""
+        return route.may_access(user_id, is_admin=is_admin, admin_access=self.admin_access)
 
     def get(self, server_id: int) -> Route | None:
         key = self._by_server.get(server_id)

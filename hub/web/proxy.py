@@ -17,8 +17,11 @@ Every request, plain or WebSocket, goes through the same steps:
 2. Who asks: ``BaseHandler.prepare`` sets ``self.user`` from the session cookie
    or an API token (which must hold the ``access:servers`` scope). Nobody: a
    browser is sent to the login page, an API client gets 401. Somebody the
-   route does not let in (``Route.may_access``): 403. WebSocket upgrades, and
-   writes made with a cookie, must come from the hub's own origin: 403 if not.
+   route does not let in (``RouteTable.allows``: admins only with the
+   ``hub.admin_access`` setting) gets the same 404 as for a stopped server or
+   one that does not exist, so that nobody learns which of others' servers run.
+   WebSocket upgrades, and writes made with a cookie, must come from the hub's
+   own origin (scheme, host and port): 403 if not.
 3. The request goes upstream with the server's secret as its only credential:
    the client's ``Authorization`` is replaced, and the hub's session and XSRF
    cookies are taken out of ``Cookie``, so a server shared with a visitor never
@@ -27,6 +30,9 @@ Every request, plain or WebSocket, goes through the same steps:
    download never sits in the hub's memory.
 5. The time is noted for activity tracking (a dict store; the DB is written in
    batches elsewhere).
+6. A WebSocket, or a response that streams on, stays in the tunnel registry
+   (``hub.web.proxy_tunnels``) while it is open: it is closed within 2 s of its
+   session or token being revoked or its route removed.
 
 A missing route, a stopped server or one that does not answer gives a page that
 says so (or JSON ``{"status": 503, "message": ...}`` for API clients); a server
@@ -35,7 +41,6 @@ that makes no progress for ``UpstreamPool.idle_timeout`` gives 504.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.client import responses
@@ -48,24 +53,25 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketHandler
 
-from hub.domain.accounts import User
 from hub.domain.activity import ActivityTracker
 from hub.domain.errors import InvalidInput, LabdockError
 from hub.domain.routes import Route, RouteTable, canonical_path, upstream_path
 from hub.web.base import BaseHandler, status_for
 from hub.web.deps import WebDeps
 from hub.web.pages import safe_next
-from hub.web.proxy_auth import ProxyAuth, hub_token
-from hub.web.proxy_fast import FrontProxy
+from hub.web.proxy_auth import ACCESS_SCOPE, Subject, hub_token
+from hub.web.proxy_front import CSP as _CSP
+from hub.web.proxy_front import PAGE as _PAGE
+from hub.web.proxy_front import front_proxy as front_proxy  # where hub.app builds it from
 from hub.web.proxy_headers import (
     Forwarded,
     connection_tokens,
+    origin_allowed,
     request_framing,
     response_headers,
     upstream_headers,
 )
-from hub.web.proxy_pool import ConnectionPool
-from hub.web.proxy_relay import FrontConfig, Refuse
+from hub.web.proxy_tunnels import Tunnel, Tunnels
 from hub.web.proxy_upstream import (
     UpstreamError,
     UpstreamExchange,
@@ -73,27 +79,14 @@ from hub.web.proxy_upstream import (
     UpstreamPool,
 )
 from hub.web.proxy_ws import WebSocketBridge
-from hub.web.user_hosts import UserHosts
 
 Describe = Callable[[str, str], Awaitable[str | None]]
 """``describe(user_name, server_name)``: the server's state in words, or ``None`` if not running."""
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# The scope a token needs to reach user servers; browser sessions hold every scope.
-ACCESS_SCOPE = "access:servers"
-_CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'"
-
-_PAGE = """{% extends "base.html" %}
-{% block title %}{{ title }} · labdock{% endblock %}
-{% block main %}
-<section class="card narrow">
-  <h1>{{ title }}</h1>
-  <p>{{ message }}</p>
-  {% if start %}<p><a class="button" href="/hub/home">Start it from your home page</a></p>
-  {% else %}<p><a href="/hub/home">Back to labdock</a></p>{% endif %}
-</section>
-{% endblock %}
-"""
+# One answer, whatever the reason, to whoever may not open a server at an address:
+# another user's running or stopped server, or none at all.
+NO_SERVER = "There is no server you may open at this address."
 
 
 @dataclass(frozen=True)
@@ -110,6 +103,7 @@ class ProxySettings:
     public_scheme: str
     hub_cookies: frozenset[str]  # never sent upstream
     ws_handshake_timeout: float
+    tunnels: Tunnels
 
 
 def proxy_routes(
@@ -121,12 +115,15 @@ def proxy_routes(
     upstream: UpstreamPool | None = None,
     max_body_size: int = 64 * 1024**3,
     ws_handshake_timeout: float = 30.0,
+    tunnels: Tunnels | None = None,
 ) -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, object]]]:
     """The URL rule of the proxy, to add to ``hub.app.make_routes``.
 
     ``upstream`` holds the keep-alive connections and the time limits
     (connect 5 s, idle 300 s by default); pass one in so that the hub can close
     it on shutdown. ``max_body_size`` caps one request body (64 GiB).
+    ``tunnels`` watches open WebSockets and streams (the front's, so that one
+    registry holds both paths'); by default one of its own.
     """
     public = urlsplit(deps.settings.hub.public_url)
     settings = ProxySettings(
@@ -140,79 +137,9 @@ def proxy_routes(
         public_scheme=public.scheme if public.netloc else "",
         hub_cookies=frozenset({deps.session_cookie, "_xsrf"}),
         ws_handshake_timeout=ws_handshake_timeout,
+        tunnels=tunnels if tunnels is not None else Tunnels(deps.accounts, routes),
     )
     return [(r"/user/.*", ProxyHandler, {"deps": deps, "proxy": settings})]
-
-
-def front_proxy(
-    deps: WebDeps,
-    routes: RouteTable,
-    activity: ActivityTracker,
-    *,
-    hub: str,
-    cookie_secret: bytes,
-    pool: ConnectionPool | None = None,
-    auth_ttl: float = 2.0,
-    hosts: UserHosts | None = None,
-) -> FrontProxy:
-    """The fast path in front of the hub's handlers (see ``hub.web.proxy_fast``).
-
-    ``hub`` is where the tornado application listens for what the front does
-    not answer itself (``unix:/path``); that listener must trust ``X-Real-Ip``
-    (``xheaders=True``) and nothing but the front may reach it. Logging out,
-    revoking a token or changing a password takes effect on the fast path
-    within ``auth_ttl`` seconds. With ``hosts`` (subdomain mode), ``/user/``
-    paths pass only on their owner's host (``hub.web.user_hosts``).
-    """
-    public = urlsplit(deps.settings.hub.public_url)
-    auth = ProxyAuth(
-        deps.accounts,
-        cookie_secret=cookie_secret,
-        session_cookie=deps.session_cookie,
-        max_age_days=deps.settings.hub.session_hours / 24 + 1,
-        ttl=auth_ttl,
-        hosts=hosts,
-    )
-    host_cookies = {hosts.cookie, hosts.state_cookie} if hosts is not None else set()
-    config = FrontConfig(
-        routes=routes,
-        activity=activity,
-        auth=auth,
-        hub=hub,
-        refuse=_front_refusal(deps.templates.from_string(_PAGE)),
-        public_origin=f"{public.scheme}://{public.netloc}".lower() if public.netloc else "",
-        public_scheme=public.scheme if public.netloc else "",
-        hub_cookies=frozenset({deps.session_cookie, "_xsrf", *host_cookies}),
-    )
-    return FrontProxy(config, pool if pool is not None else ConnectionPool())
-
-
-def _front_refusal(page: Template) -> Refuse:
-    """The front's own error answers: the same page, or JSON, as ``ProxyHandler._refuse``."""
-
-    def refuse(status: int, message: str, wants_html: bool, user: User | None) -> bytes:
-        reason = responses.get(status, "Error")
-        if wants_html:
-            body = page.render(
-                title=f"{status} {reason}",
-                message=message,
-                start=False,
-                user=user,
-                xsrf_form_html="",
-                static_url=lambda path: "/hub/static/" + path,
-            ).encode()
-            kind = f"text/html; charset=UTF-8\r\nContent-Security-Policy: {_CSP}"
-        else:
-            body = json.dumps({"status": status, "message": message}).encode()
-            kind = "application/json; charset=UTF-8"
-        head = (
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\n"
-            "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        )
-        return head.encode() + body
-
-    return refuse
 
 
 @tornado.web.stream_request_body
@@ -235,6 +162,9 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
         self._websocket = False
         self._streaming = False
         self._client_gone = False
+        self._tunnel: Tunnel | None = None
+        self._revoked = False
+        self._body_pieces = 0
 
     def set_default_headers(self) -> None:
         # Proxied responses carry the server's headers, not the hub's page
@@ -273,8 +203,8 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
             await self._not_running(path)
             return
         route, rest = found
-        if not route.may_access(user.id, is_admin=user.is_admin):
-            self._refuse(403, f"{user.name} may not use this server: it is not shared with them.")
+        if not self.proxy.routes.allows(route, user.id, is_admin=user.is_admin):
+            self._refuse(404, NO_SERVER)
             return
         if ACCESS_SCOPE not in self.scopes:
             self._refuse(403, f"this token lacks the {ACCESS_SCOPE!r} scope")
@@ -312,23 +242,63 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
         return self._presented_token() is None and "text/html" in headers.get("Accept", "")
 
     def _origin_allowed(self) -> bool:
-        """Requests from browsers must come from the hub's own pages.
-
-        No ``Origin`` at all means a client that is not a browser, which cannot
-        be made to carry someone else's cookies.
-        """
-        origin = self.request.headers.get("Origin")
-        if origin is None:
-            return True
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            return False
-        if parts.netloc.lower() == self.request.host.lower():
-            return True
-        return f"{parts.scheme}://{parts.netloc}".lower() == self.proxy.public_origin
+        """Requests from browsers must come from the hub's own pages (``origin_allowed``)."""
+        request = self.request
+        return origin_allowed(
+            request.headers.get("Origin"),
+            host=request.host,
+            scheme=self.proxy.public_scheme or request.protocol,
+            public_origin=self.proxy.public_origin,
+        )
 
     def check_origin(self, origin: str) -> bool:
         return self._origin_allowed()
+
+    # Revocation ---------------------------------------------------------------
+
+    def _subject(self) -> Subject | None:
+        """The token or session this request was let through for, as the DB knows it."""
+        token = self._presented_token()
+        if token is not None:
+            return ("token", token)
+        raw = self.get_signed_cookie(
+            self.deps.session_cookie, max_age_days=self.deps.settings.hub.session_hours / 24 + 1
+        )
+        return ("session", raw.decode()) if raw else None
+
+    def _watch(self) -> None:
+        """Keep this socket or stream in the tunnel registry until it ends."""
+        route, user = self._route, self.user
+        if self._tunnel is not None or self._revoked or route is None or user is None:
+            return
+        subject = self._subject()
+        if subject is not None:
+            self._tunnel = self.proxy.tunnels.open(
+                subject, user_id=user.id, route=route, close=self._revoke
+            )
+
+    def _unwatch(self) -> None:
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            self.proxy.tunnels.done(tunnel)
+
+    def _revoke(self) -> None:
+        """The grant is gone, or the route: end the socket or the stream now."""
+        self._tunnel = None
+        self._revoked = True
+        if self._websocket:
+            if self._bridge is not None:
+                self._bridge.close()  # nothing more reaches the server
+            self.close(1008, "access to this server was revoked")
+            return
+        exchange, self._exchange = self._exchange, None
+        if exchange is not None:
+            exchange.abort()
+        if isinstance(self.request.connection, HTTP1Connection):
+            self.request.connection.close()
+
+    def on_finish(self) -> None:
+        self._unwatch()
 
     def _login_or_401(self, path: str) -> None:
         if self._wants_html and self.request.method in ("GET", "HEAD"):
@@ -349,9 +319,9 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
             self._refuse(404, "There is nothing at this address.")
             return
         owner, _, rest = path[len("/user/") :].partition("/")
-        if user.name != owner and not user.is_admin:
-            # Say nothing about other people's servers beyond what the URL says.
-            self._refuse(503, "No server is running at this address.")
+        if user.name != owner and not (user.is_admin and self.proxy.routes.admin_access):
+            # Say nothing about other people's servers: the answer of a running one.
+            self._refuse(404, NO_SERVER)
             return
         server, state = rest.split("/", 1)[0], None
         describe = self.proxy.describe
@@ -434,6 +404,10 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
         exchange = self._exchange
         if exchange is None:
             return
+        if self._body_pieces < 2:
+            self._body_pieces += 1
+            if self._body_pieces == 2:
+                self._watch()  # an upload that streams on: ended if the grant goes
         try:
             await exchange.send(chunk)
         except UpstreamError as exc:
@@ -511,8 +485,12 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
                     self.write(chunk)
                 break
             self.write(chunk)
-            self._streaming = True
+            if not self._streaming:
+                self._streaming = True
+                self._watch()  # the body streams on: ended if the grant goes
             await self.flush()
+            if self._revoked:
+                raise StreamClosedError()
             exchange.touch()
         exchange.release()
         self._exchange = None
@@ -579,18 +557,21 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
 
     def open(self, *args: str, **kwargs: str) -> None:
         assert self._bridge is not None
+        self._watch()
         self._bridge.start(self)
 
     async def on_message(self, message: str | bytes) -> None:
-        if self._bridge is not None:
+        if self._bridge is not None and not self._revoked:
             await self._bridge.to_upstream(message)
 
     def on_close(self) -> None:
+        self._unwatch()
         if self._bridge is not None:
             self._bridge.client_closed(self.close_code, self.close_reason)
 
     def on_connection_close(self) -> None:
         self._client_gone = True
+        self._unwatch()
         if self._websocket:
             super().on_connection_close()
             return

@@ -33,16 +33,24 @@ from typing import TYPE_CHECKING
 from tornado.httputil import parse_cookie
 from tornado.web import decode_signed_value
 
-from hub.domain.accounts import SCOPES, TOKEN_PREFIX, Accounts, User
+from hub.domain.accounts import TOKEN_PREFIX, Accounts, User, role_scopes
 
 if TYPE_CHECKING:
     from hub.web.user_hosts import UserHosts
+
+# The scope a token needs to reach user servers; every user's session holds it.
+ACCESS_SCOPE = "access:servers"
 
 Credential = tuple[str, str]
 """``("token", value)``, ``("session", signed cookie value)`` or, on a user host,
 ``("host", hub session id)`` (its cookie already checked for that host)."""
 # What a user host's cookie lets through: that host's servers, nothing of the hub's.
 _HOST_SCOPES = frozenset({"access:servers"})
+
+Subject = tuple[str, str]
+"""What a grant was looked up for, as the DB knows it: ``("token", value)``,
+``("session", session id)`` (the cookie's signed value, unwrapped) or
+``("host", session id)`` (a user host's cookie)."""
 
 
 def hub_token(authorization: str | None) -> str | None:
@@ -69,6 +77,26 @@ class Grant:
     user: User
     scopes: frozenset[str]
     until: float
+    subject: Subject = ("", "")
+
+
+async def look_up(accounts: Accounts, subject: Subject) -> tuple[User, frozenset[str]] | None:
+    """Ask the DB, now, who ``subject`` speaks for and with which scopes; ``None``: nobody.
+
+    A revoked or expired token, a session logged out or ended (a password change,
+    a disabled user) all answer ``None``.
+    """
+    kind, value = subject
+    if kind == "token":
+        found = await accounts.token_grant(value)
+        return (found.user, found.scopes) if found is not None else None
+    if kind in ("session", "host"):
+        user = await accounts.session_user(value)
+        if user is None or user.must_change_password:
+            return None  # a session that must change its password can only change it
+        # A browser session carries its user's role; a user host's cookie, that host only.
+        return (user, role_scopes(user) if kind == "session" else _HOST_SCOPES)
+    return None
 
 
 class ProxyAuth:
@@ -131,31 +159,30 @@ class ProxyAuth:
         """Ask the accounts service who ``credential`` is; remember a positive answer."""
         kind, value = credential
         if kind == "token":
-            found = await self._accounts.token_grant(value)
-            if found is None:
-                return None
-            user, scopes = found.user, found.scopes
+            subject: Subject = credential
         elif kind == "host":
-            host_user = await self._accounts.session_user(value)
-            if host_user is None:
-                return None
-            user, scopes = host_user, _HOST_SCOPES
+            subject = credential  # the hub session id, its host cookie already checked
         else:
             session = decode_signed_value(
                 self._secret, self.session_cookie, value, max_age_days=self._max_age_days
             )
             if not session:
                 return None
-            session_user = await self._accounts.session_user(session.decode())
-            if session_user is None:
-                return None
-            # A browser session may do whatever its user may do.
-            user, scopes = session_user, SCOPES
+            subject = ("session", session.decode())
+        found = await look_up(self._accounts, subject)
+        if found is None:
+            return None
         if len(self._grants) >= self._max_entries:
             self._grants.clear()
-        grant = Grant(user, scopes, self._clock() + self.ttl)
+        grant = Grant(found[0], found[1], self._clock() + self.ttl, subject)
         self._grants[credential] = grant
         return grant
+
+    def forget_user(self, user_id: int) -> None:
+        """Drop the grants of one user (their access was just revoked)."""
+        for credential, grant in list(self._grants.items()):
+            if grant.user.id == user_id:
+                del self._grants[credential]
 
     def clear(self) -> None:
         """Forget every grant (a user was disabled, say); the next requests ask again."""

@@ -47,14 +47,14 @@ import contextlib
 import logging
 import socket
 from typing import cast
-from urllib.parse import urlsplit
 
 from hub.domain.errors import InvalidInput
 from hub.domain.routes import Route, canonical_path, upstream_path
-from hub.web.proxy_auth import Credential, Grant, hub_token
+from hub.web.proxy_auth import ACCESS_SCOPE, Credential, Grant, hub_token
 from hub.web.proxy_headers import (
     Forwarded,
     forwarded_block,
+    origin_allowed,
     session_cookie_pattern,
     upstream_block,
 )
@@ -89,7 +89,6 @@ from hub.web.proxy_wire import (
 
 log = logging.getLogger(__name__)
 
-ACCESS_SCOPE = "access:servers"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # The client's claims about itself, which the hub's handlers must not believe.
@@ -97,6 +96,12 @@ _HUB_DROP = line_pattern(
     {"x-real-ip", "x-forwarded-for", "x-scheme", "x-forwarded-proto", "connection", "keep-alive"}
 )
 _CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
+_TOO_MANY_TEXT = b"429 Too Many Requests: too many connections are open from your address.\n"
+_TOO_MANY = (
+    b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=UTF-8\r\n"
+    b"Retry-After: 5\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+    % (len(_TOO_MANY_TEXT), _TOO_MANY_TEXT)
+)
 _NO_TOKENS: frozenset[str] = frozenset()
 # ``Connection`` values that name no header to drop beyond the hop-by-hop ones.
 _PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
@@ -110,6 +115,8 @@ class FrontProxy:
         self.pool = pool
         self._servers: list[asyncio.Server] = []
         self._clients: set[_Client] = set()
+        # Open connections per client address, for ``max_connections_per_client``.
+        self.per_address: dict[str, int] = {}
         # Requests relayed here without the hub's handlers (read by /hub/metrics).
         self.relayed = 0
         self.session_cookie = session_cookie_pattern(config.auth.session_cookie)
@@ -129,7 +136,8 @@ class FrontProxy:
         self._servers.append(await loop.create_server(lambda: _Client(self), sock=sock))
 
     async def close(self) -> None:
-        """Stop listening, close every connection and every pooled upstream connection."""
+        """Stop listening; close every connection, pooled upstream connection and the
+        tunnel registry's sweep."""
         for server in self._servers:
             server.close()
         for client in list(self._clients):
@@ -139,6 +147,8 @@ class FrontProxy:
                 await server.wait_closed()
         self._servers.clear()
         self.pool.close()
+        if self.config.tunnels is not None:
+            await self.config.tunnels.close()
 
 
 class _Client(Relay, Reader):
@@ -153,6 +163,9 @@ class _Client(Relay, Reader):
         self.buf = bytearray()
         self.state = HEAD
         self.loop = asyncio.get_running_loop()
+        self.counted = False
+        self.head_since = 0.0
+        self.tunnel = None
         self._forwarded = b""
         self._forwarded_for: Route | None = None
         self._forwarded_host = ""
@@ -207,14 +220,36 @@ class _Client(Relay, Reader):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.front._clients.add(self)
-        self.last = self.loop.time()
-        self.timer = self.loop.call_later(self.config.client_idle_timeout, self._watch)
+        front = self.front
+        front._clients.add(self)
+        limit = self.config.max_connections_per_client
+        if limit:
+            count = front.per_address.get(self.peer, 0) + 1
+            front.per_address[self.peer] = count
+            self.counted = True
+            if count > limit:
+                self._fail(_TOO_MANY)
+                return
+        # The first head is due within head_timeout of the connection, as nginx does.
+        self.last = self.head_since = self.loop.time()
+        config = self.config
+        self.timer = self.loop.call_later(
+            min(config.client_idle_timeout, config.head_timeout), self._watch
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         tunnel = self.state == TUNNEL
         self.state = CLOSED
-        self.front._clients.discard(self)
+        front = self.front
+        front._clients.discard(self)
+        if self.counted:
+            self.counted = False
+            left = front.per_address[self.peer] - 1
+            if left:
+                front.per_address[self.peer] = left
+            else:
+                del front.per_address[self.peer]
+        self._unwatch()
         self._stop_timer()
         up = self.up
         self.up = None
@@ -299,6 +334,7 @@ class _Client(Relay, Reader):
     def _fail(self, response: bytes) -> None:
         """Answer with ``response`` and close once it is sent."""
         self.state = CLOSED
+        self._unwatch()
         self._stop_timer()
         up = self.up
         self.up = None
@@ -325,6 +361,8 @@ class _Client(Relay, Reader):
         if end < 0:
             if len(buf) > self.config.max_header_size:
                 self._bad_request(431, "Request Header Fields Too Large")
+            elif buf and not self.head_since:
+                self._head_started()
             return
         if end > self.config.max_header_size:
             self._bad_request(431, "Request Header Fields Too Large")
@@ -333,8 +371,29 @@ class _Client(Relay, Reader):
         del buf[: end + 4]
         self._take_request(raw)
 
+    def _head_started(self) -> None:
+        """A head began to arrive: it must be whole within ``head_timeout``."""
+        now = self.head_since = self.loop.time()
+        deadline = now + self.config.head_timeout
+        timer = self.timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._watch)
+
+    def _head_timed_out(self) -> None:
+        if self.buf:
+            self._bad_request(408, "Request Timeout")
+            return
+        # Nothing of a head yet: close quietly, as for an idle keep-alive connection.
+        self.state = CLOSED
+        self._stop_timer()
+        if self.transport is not None:
+            self.transport.close()
+
     def _take_request(self, raw: bytes) -> None:
         """Read the request head ``raw`` (without its blank line) and send the request on."""
+        self.head_since = 0.0
         try:
             request = parse_request(raw, self._previous)
         except (WireError, UnicodeDecodeError):
@@ -439,12 +498,13 @@ class _Client(Relay, Reader):
             self._read_block(request)
         presents_token = self._block_token
         wants_html = not presents_token and self._block_html
-        found = self.config.routes.match(canonical)
+        config = self.config
+        found = config.routes.match(canonical)
         if found is None or (user.must_change_password and wants_html):
             self._to_hub()
             return None
         route, rest = found
-        if not rest or not route.may_access(user.id, is_admin=user.is_admin):
+        if not rest or not config.routes.allows(route, user.id, is_admin=user.is_admin):
             self._to_hub()
             return None
         if ACCESS_SCOPE not in grant.scopes:
@@ -457,11 +517,12 @@ class _Client(Relay, Reader):
             and "upgrade" in request.tokens("connection")
         )
         cookie_write = method not in _SAFE_METHODS and not presents_token
-        if (upgrade or cookie_write) and not self._origin_allowed(request):
+        host = request.fields.get("host") or "127.0.0.1"
+        if (upgrade or cookie_write) and not self._origin_allowed(
+            request.fields.get("origin"), host
+        ):
             self._to_hub()
             return None
-        config = self.config
-        host = request.fields.get("host") or "127.0.0.1"
         if "," in host:
             self._to_hub()  # two Host headers: let the hub's handler refuse it
             return None
@@ -513,7 +574,7 @@ class _Client(Relay, Reader):
                 parts.append(b"Content-Length: 0\r\n")
         parts.append(b"\r\n")
         config.activity.record(route.server_id)
-        decided = Pass(route, b"".join(parts), upgrade, user, wants_html)
+        decided = Pass(route, b"".join(parts), upgrade, grant, wants_html)
         if request is not self._previous:
             return decided  # too large to keep
         assert self._credential is not None
@@ -522,20 +583,18 @@ class _Client(Relay, Reader):
         self._memo_canonical, self._memo_pass = canonical, decided
         return decided
 
-    def _origin_allowed(self, request: Head) -> bool:
-        origin = request.fields.get("origin")
-        host = request.fields.get("host") or "127.0.0.1"
-        hosts = self.config.auth.hosts
+    def _origin_allowed(self, origin: str | None, host: str) -> bool:
+        """The hub's own origin; on a user's host (subdomain mode), that host's own."""
+        config = self.config
+        hosts = config.auth.hosts
         if hosts is not None and hosts.is_user_host(host):
-            return hosts.origin_allowed(origin, host)  # that host's own pages only
-        if origin is None:
-            return True
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            return False
-        if parts.netloc.lower() == host.lower():
-            return True
-        return f"{parts.scheme}://{parts.netloc}".lower() == self.config.public_origin
+            return hosts.origin_allowed(origin, host)
+        return origin_allowed(
+            origin,
+            host=host,
+            scheme=config.public_scheme or "http",
+            public_origin=config.public_origin,
+        )
 
     def _to_hub(self) -> None:
         """Send the current request to the hub's own handlers, as the client sent it."""
@@ -629,6 +688,7 @@ class _Client(Relay, Reader):
             self.buf.clear()
             self._send_body(data)
         if self.state == EXCHANGE and not self.req_body.done:
+            self._watch_stream()  # an upload that streams on: ended if the grant goes
             self._resume_client()
 
     def _send_body(self, data: bytes) -> None:

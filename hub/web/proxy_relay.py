@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from hub.domain.accounts import User
 from hub.domain.activity import ActivityTracker
 from hub.domain.routes import Route, RouteTable
-from hub.web.proxy_auth import ProxyAuth
+from hub.web.proxy_auth import Grant, ProxyAuth
 from hub.web.proxy_headers import response_block, response_header_lines
 from hub.web.proxy_pool import ConnectionPool, UpstreamConnection, write_view
+from hub.web.proxy_tunnels import Tunnel, Tunnels
 from hub.web.proxy_wire import (
     KEEP_HEAD,
     NO_BODY,
@@ -61,22 +62,32 @@ class FrontConfig:
     hub_cookies: frozenset[str]
     max_header_size: int = 64 * 1024
     # How long a client may keep a connection open without sending a request (as
-    # tornado's idle_connection_timeout), or with a head still incomplete.
+    # tornado's idle_connection_timeout).
     client_idle_timeout: float = 3600.0
+    # How long a whole request head may take, from a new connection or from the
+    # head's first byte (``hub.request_head_timeout``): a client that trickles a
+    # byte at a time (slowloris) is answered 408 and let go.
+    head_timeout: float = 30.0
+    # Connections open at once from one client address; 0: no cap
+    # (``hub.max_connections_per_client``). The one beyond gets 429 and is closed.
+    max_connections_per_client: int = 256
+    # WebSockets and streamed bodies, closed when their grant is revoked.
+    tunnels: Tunnels | None = None
 
 
 class Pass:
     """A request the fast path forwards: where to, and what it says upstream."""
 
-    __slots__ = ("head", "route", "upgrade", "user", "wants_html")
+    __slots__ = ("grant", "head", "route", "upgrade", "user", "wants_html")
 
     def __init__(
-        self, route: Route, head: bytes, upgrade: bool, user: User, wants_html: bool
+        self, route: Route, head: bytes, upgrade: bool, grant: Grant, wants_html: bool
     ) -> None:
         self.route = route
         self.head = head
         self.upgrade = upgrade
-        self.user = user
+        self.grant = grant
+        self.user: User = grant.user
         self.wants_html = wants_html
 
 
@@ -108,6 +119,8 @@ class Relay:
     up_keep: bool
     timer: asyncio.TimerHandle | None
     last: float
+    head_since: float
+    tunnel: Tunnel | None
     _session: re.Pattern[bytes]
 
     # Upstream socket -----------------------------------------------------------
@@ -261,6 +274,8 @@ class Relay:
         self._write(out + rbuf[:end] if end else out)
         if end < len(rbuf):
             self.up_keep = False
+        if not body.done and fast is not None:
+            self._watch_stream()  # the body streams on: ended if the grant goes
         return b""
 
     def _switch(self, head: Head, raw_head: bytes, rest: bytes) -> None:
@@ -274,6 +289,8 @@ class Relay:
         self.state = TUNNEL
         self._stop_timer()
         self.resp_started = True
+        if fast is not None:
+            self._watch_stream()
         if fast is None:
             self._write(raw_head)
         else:
@@ -332,9 +349,30 @@ class Relay:
         who = f"{fast.route.user}'s server" if fast else "The hub"
         self._refuse(502, f"{who} answered badly: {message}.")
 
+    def _watch_stream(self) -> None:
+        """Keep this connection in the tunnel registry while it tunnels or streams."""
+        fast, tunnels = self.fast, self.config.tunnels
+        if fast is None or tunnels is None or self.tunnel is not None:
+            return
+        self.tunnel = tunnels.open(
+            fast.grant.subject, user_id=fast.user.id, route=fast.route, close=self._revoked
+        )
+
+    def _unwatch(self) -> None:
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None and self.config.tunnels is not None:
+            self.config.tunnels.done(tunnel)
+
+    def _revoked(self) -> None:
+        """The grant this tunnel or stream was let through for is gone: cut it now."""
+        self.tunnel = None
+        if self.state != CLOSED:
+            self._cut()
+
     def _cut(self) -> None:
         """The response is already under way: cutting the connection is all that is left."""
         self.state = CLOSED
+        self._unwatch()
         self._stop_timer()
         up = self.up
         self.up = None
@@ -345,8 +383,17 @@ class Relay:
     def _watch(self) -> None:
         self.timer = None
         if self.state == HEAD:
-            # Between requests: a client that sends nothing for this long is let go.
-            wait = self.config.client_idle_timeout - (self.loop.time() - self.last)
+            # Between requests: a client that sends nothing for this long is let go,
+            # and one whose head takes too long (however steadily it trickles) too.
+            now = self.loop.time()
+            wait = self.config.client_idle_timeout - (now - self.last)
+            since = self.head_since
+            if since:
+                left = since + self.config.head_timeout - now
+                if left <= 0:
+                    self._head_timed_out()
+                    return
+                wait = min(wait, left)
             if wait > 0:
                 self.timer = self.loop.call_later(wait, self._watch)
             else:
@@ -381,6 +428,8 @@ class Relay:
                 self.pool.checkin(self.target, up)
             else:
                 up.close()
+        if self.tunnel is not None:
+            self._unwatch()
         if self.close_after or not request_done:
             self.state = CLOSED
             self._stop_timer()
@@ -420,6 +469,9 @@ class Relay:
         raise NotImplementedError
 
     def _connected(self, task: asyncio.Task[UpstreamConnection]) -> None:
+        raise NotImplementedError
+
+    def _head_timed_out(self) -> None:
         raise NotImplementedError
 
 

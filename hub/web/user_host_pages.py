@@ -2,7 +2,7 @@
 
     hosts = UserHosts.from_settings(settings, secret=secret)
     app = make_app(deps, secret, hub_host_routes(deps, hosts, routes))
-    app.add_handlers(*user_host_rules(deps, hosts, routes, activity, upstream))
+    app.add_handlers(*user_host_rules(deps, hosts, routes, activity, upstream, tunnels))
 
 On the hub's host:
     GET  /hub/user-auth?next=URL&state=S   mints a code, sends the browser to the user host
@@ -31,6 +31,7 @@ from hub.domain.routes import RouteTable, canonical_path
 from hub.web.base import BaseHandler, authenticated_page
 from hub.web.deps import WebDeps
 from hub.web.proxy import ProxyHandler, ProxySettings
+from hub.web.proxy_tunnels import Tunnels
 from hub.web.proxy_upstream import UpstreamPool
 from hub.web.user_hosts import (
     AUTH_PATH,
@@ -305,6 +306,7 @@ def user_host_rules(
     routes: RouteTable,
     activity: ActivityTracker,
     upstream: UpstreamPool,
+    tunnels: Tunnels | None = None,
     *,
     max_body_size: int = 64 * 1024**3,
     ws_handshake_timeout: float = 30.0,
@@ -322,6 +324,7 @@ def user_host_rules(
         public_scheme=hosts.scheme,
         hub_cookies=frozenset({deps.session_cookie, "_xsrf", hosts.cookie, hosts.state_cookie}),
         ws_handshake_timeout=ws_handshake_timeout,
+        tunnels=tunnels if tunnels is not None else Tunnels(deps.accounts, routes),
     )
     args: dict[str, Any] = {"deps": deps, "hosts": hosts}
     return hosts.host_pattern, [
