@@ -56,12 +56,16 @@ def db_url(tmp_path: Path) -> Iterator[str]:
 def clean_engine(client: docker.DockerClient, hub_id: str) -> None:
     """Remove every container, volume and network a test hub left on the engine."""
     label = {"label": [f"labdock.hub={hub_id}", "labdock.test=1"]}
-    for container in client.containers.list(all=True, filters=label):
-        container.remove(force=True, v=False)
+    # sparse: no inspect per container, which fails on one the hub removes meanwhile.
+    for container in client.containers.list(all=True, filters=label, sparse=True):
+        with contextlib.suppress(docker.errors.NotFound):
+            container.remove(force=True, v=False)
     for volume in client.volumes.list(filters=label):
-        volume.remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            volume.remove(force=True)
     for network in client.networks.list(filters=label):
-        network.remove()
+        with contextlib.suppress(docker.errors.NotFound):
+            network.remove()
     # Tags that keep the images of the test hub's catalog versions (hub.images.store.pin_tag).
     for image in client.images.list():
         for tag in image.tags:

@@ -12,7 +12,7 @@ import pytest
 from tornado.httputil import HTTPHeaders
 from tornado.web import create_signed_value
 
-from hub.domain.accounts import SCOPES, TokenGrant, User
+from hub.domain.accounts import USER_SCOPES, TokenGrant, User
 from hub.domain.activity import ActivityTracker
 from hub.domain.routes import RouteTable
 from hub.web.proxy_auth import ProxyAuth
@@ -254,7 +254,7 @@ async def test_a_session_cookie_must_be_signed_and_live() -> None:
     credential = auth.credential(None, f"theme=dark; labdock-session={signed}")
     assert credential == ("session", signed)
     grant = await auth.resolve(credential)
-    assert grant is not None and grant.scopes == SCOPES
+    assert grant is not None and grant.scopes == USER_SCOPES
     forged = create_signed_value(b"x" * 40, "labdock-session", "sid").decode()
     assert await auth.resolve(("session", forged)) is None
     assert accounts.calls == 1  # a bad signature never reaches the DB

@@ -618,8 +618,9 @@ async def test_a_cookie_for_another_users_host_or_a_forged_one_lets_nobody_in(
 async def test_whoever_may_use_two_servers_reaches_each_only_on_its_owners_host(
     domain_hub: DomainHub,
 ) -> None:
-    """An admin's cookie for alice's host (as admin access would give) opens no path of
+    """An admin's cookie for alice's host (as admin access gives) opens no path of
     bob's there: a page on alice's host never gets to script bob's server."""
+    domain_hub.hub.routes.admin_access = True  # as hub.admin_access = true would
     root = await domain_hub.login("root")
     raw = root.jars["localhost"]["labdock-session"].strip('"')
     session = decode_signed_value(SECRET, "labdock-session", raw)

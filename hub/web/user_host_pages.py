@@ -72,18 +72,15 @@ _PAGE = """<!doctype html>
 """
 
 
-def may_use_servers_of(user: User, owner: str, routes: RouteTable, *, admin_access: bool) -> bool:
+def may_use_servers_of(user: User, owner: str, routes: RouteTable) -> bool:
     """Whether ``user`` may be let onto ``owner``'s host at all: the owner, anyone a
-    running server of the owner's is shared with, and admins when admin access is on."""
+    running server of the owner's is shared with, and admins when admin access is on
+    (``RouteTable.allows``, the proxy's own rule)."""
     if user.name == owner:
         return True
-    is_admin = user.is_admin and admin_access
-    return any(r.user == owner and r.may_access(user.id, is_admin=is_admin) for r in routes)
-
-
-def admin_access(deps: WebDeps) -> bool:
-    """``hub.admin_access`` when the hub has that setting; admins get no way in otherwise."""
-    return bool(getattr(deps.settings.hub, "admin_access", False))
+    return any(
+        r.user == owner and routes.allows(r, user.id, is_admin=user.is_admin) for r in routes
+    )
 
 
 # On the hub's host ----------------------------------------------------------------
@@ -117,7 +114,7 @@ class UserAuthHandler(BaseHandler):
         if raw is None or session_user is None or session_user.id != user.id:
             # A token (with or without someone's cookie beside it) opens no user host.
             raise Unauthorized("sign in with a browser: an API token opens no user host")
-        if not may_use_servers_of(user, owner, self.routes, admin_access=admin_access(self.deps)):
+        if not may_use_servers_of(user, owner, self.routes):
             raise Forbidden(
                 f"{user.name} may not use {owner}'s servers: they are not shared with them."
             )
