@@ -20,9 +20,9 @@ from hub.web.proxy_fast import FrontProxy
 from hub.web.proxy_headers import (
     Forwarded,
     forwarded_block,
+    hub_cookie_pattern,
     response_block,
     response_headers,
-    session_cookie_pattern,
     upstream_block,
     upstream_headers,
 )
@@ -171,10 +171,10 @@ def test_the_fast_paths_response_headers_are_the_handlers_response_headers() -> 
     fast = response_block(
         head.block,
         connection=head.header("connection"),
-        session=session_cookie_pattern("labdock-session"),
+        session=hub_cookie_pattern({"labdock-session"}),
     )
     headers = HTTPHeaders.parse(RESPONSE.split(b"\r\n", 1)[1].decode() + "\r\n")
-    handler = response_headers(headers, "labdock-session")  # names normalized by tornado
+    handler = response_headers(headers, {"labdock-session"})  # names normalized by tornado
     assert sorted((n.lower(), v) for n, v in _pairs(fast)) == sorted(
         (n.lower(), v) for n, v in handler
     )

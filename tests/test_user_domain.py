@@ -236,11 +236,18 @@ def test_on_a_user_host_only_that_hosts_own_origin_may_open_sockets_or_write() -
 
 
 class Upstream(tornado.web.RequestHandler):
-    """A user server: says what it received (it requires its secret, as real ones do)."""
+    """A user server: says what it received (it requires its secret, as real ones do).
+
+    ``/user/<name>/plant`` also tries to set the hub's and the user host's cookies.
+    """
 
     def get(self) -> None:
         if self.request.headers.get("Authorization") != "token up-secret":
             self.set_status(403)
+        if self.request.path.endswith("/plant"):
+            for name in ("labdock-user", "labdock-state", "labdock-session", "_xsrf"):
+                self.set_cookie(name, "planted-by-the-server", path="/")
+            self.set_cookie("app_pref", "dark", path="/")
         self.write(
             {
                 "path": self.request.path,
@@ -432,6 +439,18 @@ async def test_a_user_host_serves_only_its_owners_paths_and_no_page_of_the_hub(
         assert not got.headers.get_list("Set-Cookie"), path
     got = await alice.fetch(domain_hub.host("bob") + "/user/alice/echo")
     assert got.code == 404  # alice's path on bob's host
+
+
+async def test_a_server_cannot_set_the_user_hosts_cookies_nor_the_hubs(
+    domain_hub: DomainHub,
+) -> None:
+    """Else a page of hers could sign a visitor of her host into her own session."""
+    alice = await domain_hub.login("alice")
+    await domain_hub.sign_in_on(alice, "alice")
+    got = await alice.fetch(domain_hub.host("alice") + "/user/alice/plant", Accept="*/*")
+    assert got.code == 200, got.body
+    cookies = got.headers.get_list("Set-Cookie")
+    assert [c.split("=", 1)[0] for c in cookies] == ["app_pref"], cookies
 
 
 async def test_owner_signs_in_through_the_hub_and_reaches_her_server_without_hub_cookies(

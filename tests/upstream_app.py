@@ -130,6 +130,7 @@ class Cookies(Base):
     def get(self) -> None:
         self.set_cookie("app_pref", "dark", path="/")
         self.set_cookie("labdock-session", "planted-by-upstream", path="/")
+        self.set_cookie("_xsrf", "planted-by-upstream", path="/")
         self.finish({"name": NAME})
 
 

@@ -472,7 +472,7 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
         self.set_status(head.code, head.reason)
         for name in ("Content-Type", "Server", "Date"):
             self.clear_header(name)  # tornado's defaults; the server's own come next
-        for name, value in response_headers(head.headers, self.deps.session_cookie):
+        for name, value in response_headers(head.headers, self.proxy.hub_cookies):
             self.add_header(name, value)
 
     async def _copy_body(self, exchange: UpstreamExchange) -> None:

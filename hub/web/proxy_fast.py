@@ -54,8 +54,8 @@ from hub.web.proxy_auth import ACCESS_SCOPE, Credential, Grant, hub_token
 from hub.web.proxy_headers import (
     Forwarded,
     forwarded_block,
+    hub_cookie_pattern,
     origin_allowed,
-    session_cookie_pattern,
     upstream_block,
 )
 from hub.web.proxy_pool import (
@@ -119,7 +119,7 @@ class FrontProxy:
         self.per_address: dict[str, int] = {}
         # Requests relayed here without the hub's handlers (read by /hub/metrics).
         self.relayed = 0
-        self.session_cookie = session_cookie_pattern(config.auth.session_cookie)
+        self.session_cookie = hub_cookie_pattern(config.hub_cookies)
 
     async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         """Listen on ``host:port`` (0: any free port); return the port."""

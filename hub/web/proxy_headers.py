@@ -4,7 +4,7 @@
                           prefix="/user/alice", secret="s",
                           hub_cookies=frozenset({"labdock-session", "_xsrf"}))
     upstream_headers(request.headers, forwarded)   # Host, ..., Authorization: token s
-    response_headers(upstream.headers, "labdock-session")   # what the client may see
+    response_headers(upstream.headers, {"labdock-session"})   # what the client may see
     request_framing(request.headers)               # 0, 1234, "chunked", or None (refuse)
 
 Pure functions over ``tornado.httputil.HTTPHeaders``, so that both the request
@@ -14,7 +14,7 @@ handler and a leaner front end can share them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -201,28 +201,34 @@ def upstream_header_lines(
     return out
 
 
-def response_headers(headers: HTTPHeaders, session_cookie: str) -> Iterator[tuple[str, str]]:
+def response_headers(
+    headers: HTTPHeaders, hub_cookies: Collection[str]
+) -> Iterator[tuple[str, str]]:
     """The response headers the client may see: no hop-by-hop ones, and no
-    ``Set-Cookie`` for the hub's session, which would let a server log its
-    visitor in as someone else.
+    ``Set-Cookie`` for any of the hub's own cookies (its session, XSRF token, a
+    user host's cookie), which would let a server log its visitor in as someone
+    else or plant a token.
     """
-    return response_header_items(list(headers.get_all()), session_cookie)
+    return response_header_items(list(headers.get_all()), hub_cookies)
 
 
 def response_header_items(
-    items: list[tuple[str, str]], session_cookie: str, *, keep: frozenset[str] = frozenset()
+    items: list[tuple[str, str]],
+    hub_cookies: Collection[str],
+    *,
+    keep: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[str, str]]:
     """``response_headers`` over a list of (name, value); ``keep`` names hop-by-hop
     headers to pass anyway (``upgrade`` and ``connection`` on a 101).
     """
-    for line in response_header_lines(items, session_cookie, keep=keep):
+    for line in response_header_lines(items, hub_cookies, keep=keep):
         name, _, value = line.partition(": ")
         yield name, value
 
 
 def response_header_lines(
     items: list[tuple[str, str]],
-    session_cookie: str,
+    hub_cookies: Collection[str],
     *,
     keep: frozenset[str] = frozenset(),
     connection: str | None = "",
@@ -240,7 +246,7 @@ def response_header_lines(
         low = name.lower()
         if low in drop:
             continue
-        if low == "set-cookie" and value.split("=", 1)[0].strip() == session_cookie:
+        if low == "set-cookie" and value.split("=", 1)[0].strip() in hub_cookies:
             continue
         out.append(f"{name}: {value}")
     return out
@@ -314,10 +320,10 @@ def forwarded_block(forwarded: Forwarded) -> bytes:
     ).encode("latin1")
 
 
-def session_cookie_pattern(session_cookie: str) -> re.Pattern[bytes]:
-    """``Set-Cookie`` lines that would set the hub's session cookie."""
-    name = re.escape(session_cookie.encode("latin1"))
-    return re.compile(rb"^set-cookie:[ \t]*" + name + rb"[ \t]*=[^\r\n]*\r\n", re.I | re.M)
+def hub_cookie_pattern(hub_cookies: Collection[str]) -> re.Pattern[bytes]:
+    """``Set-Cookie`` lines that would set one of the hub's own cookies."""
+    names = b"|".join(re.escape(n.encode("latin1")) for n in sorted(hub_cookies))
+    return re.compile(rb"^set-cookie:[ \t]*(?:" + names + rb")[ \t]*=[^\r\n]*\r\n", re.I | re.M)
 
 
 def response_block(block: bytes, *, connection: str | None, session: re.Pattern[bytes]) -> bytes:

@@ -295,7 +295,7 @@ class Relay:
             self._write(raw_head)
         else:
             keep = frozenset({"upgrade", "connection"})
-            lines = response_header_lines(head.headers, self.config.auth.session_cookie, keep=keep)
+            lines = response_header_lines(head.headers, self.config.hub_cookies, keep=keep)
             lines.insert(0, f"HTTP/1.1 101 {head.first[2]}")
             lines.append("\r\n")
             self._write("\r\n".join(lines).encode("latin1"))
