@@ -359,7 +359,7 @@ async def test_container_and_volume_carry_labels_and_names_hold_only_ids(
     assert volume.attrs["Labels"] == {"labdock.hub": hub_id, "labdock.user": "7", **TEST_LABELS}
 
 
-def test_team_volumes_are_named_and_labelled_by_the_backend_from_the_team_id() -> None:
+async def test_team_volumes_are_named_and_labelled_by_the_backend_from_the_team_id() -> None:
     spec = replace(
         make_spec("img", "h1", server_id=42, user_id=7),
         mounts=(Mount(team_id=3, target="/home/analyst/teams/risk", read_only=True),),

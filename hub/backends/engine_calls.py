@@ -66,7 +66,9 @@ def engine_error(exc: BaseException, where: str) -> LabdockError | None:
     """
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         return BackendUnavailable(f"cannot reach the Docker engine at {where}: {exc}")
-    if isinstance(exc, derr.NotFound):
+    if isinstance(exc, derr.NotFound) or (
+        isinstance(exc, derr.APIError) and exc.status_code == 404
+    ):
         return NotFound(explain(exc))
     if isinstance(exc, derr.APIError) and exc.status_code == 409:
         return Conflict(explain(exc))
