@@ -6,8 +6,9 @@
     endpoint = await backend.start(spec, progress=print)   # Endpoint(host="172.18.0.2", ...)
     await backend.stop(spec.server_id, remove=True)         # the home volume stays
 
-Every blocking SDK call runs on the executor that is passed in; keep it at or
-below the client's connection pool (``max_pool_size``, 10 by default) so that
+Every blocking SDK call runs on the executor that is passed in, through
+``engine_calls`` (which also maps engine failures to domain errors); keep it at
+or below the client's connection pool (``max_pool_size``, 10 by default) so that
 connections are reused.
 
 Decisions worth knowing:
