@@ -32,9 +32,10 @@ import docker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hub.backends.docker_config import create_args
+from hub.backends.docker_names import home_volume_name
 from hub.backends.docker_runtime import RuntimeImage, RuntimeVolumes, runtime_paths
 from hub.backends.readiness import readiness_path
-from hub.domain.servers import ServerSpec, home_volume_name
+from hub.domain.servers import ServerSpec
 from hub.images.build import latest_tag
 from hub.images.manifest import images_dir, load_all
 

@@ -244,7 +244,7 @@ class Raw:
         self._image_user = str(config.get("User") or "")
         self._containers: dict[str, Any] = {}
         self._sequence = 0
-        from hub.domain.servers import home_volume_name
+        from hub.backends.docker_names import home_volume_name
 
         run.volume(home_volume_name(self._hub_id, 1))
 

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import docker
@@ -26,11 +26,13 @@ import pytest_asyncio
 from docker.models.containers import Container
 
 from hub.backends.docker import DockerBackend
+from hub.backends.docker_config import check_mounts, create_args, team_volume_labels
 from hub.backends.docker_events import ExitWatcher
+from hub.backends.docker_names import container_name, home_volume_name
 from hub.backends.readiness import probe
-from hub.domain.errors import BackendUnavailable, Conflict, LaunchFailed
+from hub.domain.errors import BackendUnavailable, Conflict, InvalidInput, LaunchFailed
 from hub.domain.resources import MiB, Resources
-from hub.domain.servers import Endpoint, EngineEvent, ProgressEvent, ServerSpec, home_volume_name
+from hub.domain.servers import Endpoint, EngineEvent, Mount, ProgressEvent, ServerSpec
 from tests.busybox_image import ensure_test_image
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.docker]
@@ -102,6 +104,16 @@ async def backend(
     made = DockerBackend(client, hub_id=hub_id, executor=executor, extra_labels=TEST_LABELS)
     yield made
     await made.close()
+
+
+def name_of(spec: ServerSpec) -> str:
+    """The name the backend gives the spec's container."""
+    return container_name(spec.hub_id, spec.server_id)
+
+
+def home_of(spec: ServerSpec) -> str:
+    """The name of the spec's user's home volume."""
+    return home_volume_name(spec.hub_id, spec.user_id)
 
 
 def make_spec(
@@ -302,7 +314,7 @@ async def test_container_config_publishes_nothing_and_mounts_only_volumes(
     spec = make_spec(image, hub_id, server_id=5)
     await backend.start(spec, quiet)
 
-    attrs = await inspect(client, spec.container_name)
+    attrs = await inspect(client, name_of(spec))
     host = attrs["HostConfig"]
 
     assert host["CapDrop"] == ["ALL"]
@@ -318,7 +330,7 @@ async def test_container_config_publishes_nothing_and_mounts_only_volumes(
     assert not host.get("Binds")
     assert not host.get("DeviceRequests")
     assert [(m["Type"], m["Source"], m["Target"]) for m in host["Mounts"]] == [
-        ("volume", spec.home_volume, "/home/analyst")
+        ("volume", home_of(spec), "/home/analyst")
     ]
     assert list(attrs["NetworkSettings"]["Networks"]) == [backend.network]
     assert attrs["Config"]["User"] == "1000:1000"
@@ -336,7 +348,7 @@ async def test_container_and_volume_carry_labels_and_names_hold_only_ids(
     endpoint = await backend.start(spec, quiet)
 
     labels = (await inspect(client, endpoint.container_id))["Config"]["Labels"]
-    volume = await asyncio.to_thread(client.volumes.get, spec.home_volume)
+    volume = await asyncio.to_thread(client.volumes.get, home_of(spec))
 
     assert endpoint.container_name == f"labdock-{hub_id}-s42"
     assert re.fullmatch(rf"labdock-{hub_id}-u7-home", volume.name)
@@ -345,6 +357,24 @@ async def test_container_and_volume_carry_labels_and_names_hold_only_ids(
     assert labels["labdock.test"] == "1"
     assert labels["labdock.environment"] == "busybox"
     assert volume.attrs["Labels"] == {"labdock.hub": hub_id, "labdock.user": "7", **TEST_LABELS}
+
+
+async def test_team_volumes_are_named_and_labelled_by_the_backend_from_the_team_id() -> None:
+    spec = replace(
+        make_spec("img", "h1", server_id=42, user_id=7),
+        mounts=(Mount(team_id=3, target="/home/analyst/teams/risk", read_only=True),),
+    )
+    args = create_args(spec, network="n", image_user="", init=True)
+    assert args["name"] == "labdock-h1-s42"
+    assert [(m["Source"], m["Target"], m["ReadOnly"]) for m in args["mounts"]] == [
+        ("labdock-h1-u7-home", "/home/analyst", False),
+        ("labdock-h1-t3-shared", "/home/analyst/teams/risk", True),
+    ]
+    labels = team_volume_labels("h1", spec.mounts[0], TEST_LABELS)
+    assert labels == {**TEST_LABELS, "labdock.hub": "h1", "labdock.team": "3"}
+    relative = replace(spec, mounts=(Mount(team_id=3, target="teams/risk"),))
+    with pytest.raises(InvalidInput, match="absolute paths"):
+        check_mounts(relative)
 
 
 async def test_gpu_device_ids_become_an_nvidia_device_request(
@@ -356,7 +386,7 @@ async def test_gpu_device_ids_become_an_nvidia_device_request(
     with pytest.raises(LaunchFailed) as failure:
         await backend.start(spec, quiet)
 
-    requests = (await inspect(client, spec.container_name))["HostConfig"]["DeviceRequests"]
+    requests = (await inspect(client, name_of(spec)))["HostConfig"]["DeviceRequests"]
     assert requests == [
         {
             "Driver": "nvidia",
@@ -489,7 +519,7 @@ async def test_home_survives_remove_and_recreate_and_only_the_admin_deletes_it(
 
     await backend.stop(spec.server_id, remove=True, grace=1)
     assert await backend.list() == []
-    assert client.volumes.get(spec.home_volume).name == spec.home_volume
+    assert client.volumes.get(home_of(spec)).name == home_of(spec)
     second = await backend.start(spec, quiet)
 
     assert await run_in(client, second.container_id, "cat $HOME/notes.txt") == (0, "kept\n")
@@ -517,7 +547,7 @@ async def test_never_ready_app_fails_after_the_timeout_and_is_left_stopped(
     assert time.monotonic() - began < 8
     assert failure.value.message == "server 1 was not ready after 1 s"
     assert "not listening on purpose" in failure.value.logs
-    assert (await inspect(client, spec.container_name))["State"]["Running"] is False
+    assert (await inspect(client, name_of(spec)))["State"]["Running"] is False
 
 
 async def test_app_that_exits_fails_fast_with_its_last_log_lines(
@@ -603,7 +633,7 @@ async def test_stop_sends_sigterm_which_the_app_honours(
     await backend.stop(spec.server_id, grace=10)
 
     assert time.monotonic() - began < 5
-    state = (await inspect(client, spec.container_name))["State"]
+    state = (await inspect(client, name_of(spec)))["State"]
     assert (state["Running"], state["ExitCode"]) == (False, 0)
     assert "got SIGTERM, exiting" in await backend.logs(spec.server_id)
 
@@ -618,7 +648,7 @@ async def test_stop_kills_an_app_that_ignores_sigterm_after_the_grace(
     await backend.stop(spec.server_id, grace=1)
 
     assert time.monotonic() - began >= 1
-    assert (await inspect(client, spec.container_name))["State"]["ExitCode"] == 137
+    assert (await inspect(client, name_of(spec)))["State"]["ExitCode"] == 137
     await backend.stop(spec.server_id, remove=True)
     await backend.stop(spec.server_id, remove=True)  # missing is fine
     assert await backend.list() == []
@@ -797,13 +827,13 @@ async def test_a_broken_event_stream_falls_back_to_asking_the_engine(
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with contextlib.suppress(docker.errors.NotFound):
-            if (await inspect(client, spec.container_name))["State"]["Running"]:
+            if (await inspect(client, name_of(spec)))["State"]["Running"]:
                 break
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)  # the launch now waits for "answers" or "died"
 
     await backend.close()  # the die subscription ends, as when the engine drops it
-    await asyncio.to_thread(client.containers.get(spec.container_name).kill)
+    await asyncio.to_thread(client.containers.get(name_of(spec)).kill)
 
     with pytest.raises(LaunchFailed, match="exited with code 137 before it was ready"):
         await asyncio.wait_for(launch, 10)

@@ -158,7 +158,7 @@ async def test_the_event_stream_breaks_when_the_engine_goes_away() -> None:
 
 async def test_volumes_outlive_their_containers_until_removed_by_name() -> None:
     backend = FakeBackend(hub_id="h1")
-    team = Mount("labdock-h1-t3-shared", "/home/analyst/teams/a")
+    team = Mount(team_id=3, target="/home/analyst/teams/a")
     await backend.start(spec(mounts=(team,)), quiet)
     await backend.stop(1, remove=True)
     assert backend.volumes == {"labdock-h1-u7-home", "labdock-h1-t3-shared"}

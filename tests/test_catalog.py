@@ -20,17 +20,25 @@ from hub.backends.docker_config import create_args
 from hub.db.engine import make_engine, make_sync_engine
 from hub.db.environments import SeedImage, SqlCatalog, tag_label
 from hub.db.migrate import _config, upgrade
+from hub.db.schema import EnvironmentVersionRow
 from hub.db.teams import SqlTeamRepo
-from hub.domain.catalog import choose_resources, launch_target
+from hub.domain.catalog import (
+    DEFAULT_SHM_SIZE,
+    Environment,
+    EnvironmentManifest,
+    choose_resources,
+    launch_target,
+    manifest_of,
+)
 from hub.domain.clock import SystemClock
 from hub.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from hub.domain.quotas import Limits
 from hub.domain.records import ServerRecord
 from hub.domain.resources import GiB, MiB, Resources
 from hub.domain.routes import RouteTable
-from hub.domain.servers import ServerState
+from hub.domain.servers import ServerSpec, ServerState
 from hub.domain.workspaces import Policy, Workspaces
-from hub.images.manifest import EnvironmentManifest, load_all
+from hub.images.manifest import load_all, manifest_from_request
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 
@@ -102,6 +110,75 @@ async def test_a_new_build_becomes_the_current_version_and_the_old_one_stays_lau
         ("222222222222", True),
         ("111111111111", False),
     ]
+
+
+async def test_a_version_that_names_no_shm_size_gets_dockers_64_mib_on_every_path(
+    catalog: SqlCatalog, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    # One default, in the domain: a manifest, an admin's request, the stored version, an
+    # environment made in code and a server spec all agree.
+    requested = manifest_from_request(
+        {
+            "port": 8080,
+            "command": ["/app/start"],
+            "prefix": "keep",
+            "readiness_path": "",
+            "description": "tiny",
+            "resources": {
+                "default": {"cpus": 1, "memory": "128M"},
+                "maximum": {"cpus": 1, "memory": "1G"},
+            },
+        },
+        "tiny",
+    )
+    assert requested.shm_size == manifest().shm_size == DEFAULT_SHM_SIZE == 64 * MiB
+    await catalog.seed({"tiny": SeedImage(requested, "labdock/tiny:111111111111", DIGEST_A)})
+    stored = await catalog.get("tiny")
+    assert stored is not None and stored.shm_size == DEFAULT_SHM_SIZE
+    assert manifest_of(stored).shm_size == DEFAULT_SHM_SIZE
+    fields = {k: v for k, v in vars(stored).items() if k != "shm_size"}
+    assert Environment(**fields).shm_size == DEFAULT_SHM_SIZE
+    spec = ServerSpec(
+        hub_id="h1",
+        user_id=1,
+        server_id=1,
+        image=DIGEST_A,
+        command=(),
+        port=1,
+        prefix="/",
+        secret="s",
+        resources=Resources(cpus=1, memory=GiB),
+    )
+    assert spec.shm_size == DEFAULT_SHM_SIZE
+    # A version document without the key (none is written so, but one could be edited).
+    async with sessions.begin() as s:
+        row = await s.scalar(sa.select(EnvironmentVersionRow))
+        assert row is not None
+        row.manifest = {k: v for k, v in row.manifest.items() if k != "shm_size"}
+    again = await catalog.get("tiny")
+    assert again is not None and again.shm_size == DEFAULT_SHM_SIZE
+
+
+def test_an_environment_gives_back_the_manifest_it_was_made_from() -> None:
+    declared = manifest(shm_size=256 * MiB, pids_limit=77, home="/home/me", prefix="strip")
+    env = Environment(
+        id=1,
+        name=declared.name,
+        description=declared.description,
+        version="1",
+        image=DIGEST_A,
+        port=declared.port,
+        command=declared.command,
+        keep_prefix=False,
+        readiness_path=declared.readiness_path,
+        default=declared.default,
+        maximum=declared.maximum,
+        pids_limit=77,
+        shm_size=256 * MiB,
+        home="/home/me",
+        contents=declared.version,
+    )
+    assert manifest_of(env) == declared
 
 
 async def test_a_server_is_found_at_the_version_it_ran(catalog: SqlCatalog) -> None:

@@ -38,8 +38,8 @@ from sqlalchemy.engine import make_url
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from hub.app import build_hub
+from hub.backends.docker_names import home_volume_name
 from hub.config import BackendSettings, CapacitySettings, DbSettings, HubSettings, Settings
-from hub.domain.servers import home_volume_name
 from hub.images.build import latest_tag
 from tests.conftest import PG_ENV, RunningHub, _pg_admin_dsn, clean_engine
 

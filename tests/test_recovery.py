@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import docker
@@ -19,13 +19,16 @@ import tornado.httpclient
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from hub.app import build_hub
+from hub.backends.docker_runtime import MARKER
 from hub.config import Settings
 from hub.db.engine import make_engine
 from hub.db.environments import SqlCatalog
 from hub.db.migrate import upgrade
+from hub.domain.catalog import Environment
 from hub.domain.errors import BackendUnavailable
 from hub.domain.servers import ServerState
 from hub.domain.workspaces import UNKNOWN_REASON
+from hub.images.build import latest_tag
 from tests.busybox_image import ensure_test_image
 from tests.test_servers_api import busybox_env
 
@@ -142,17 +145,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_hub(settings: Settings, port: int, cwd: Path) -> subprocess.Popen[bytes]:
+def this_checkout() -> dict[str, str]:
+    """The environment for a ``hub.cli`` subprocess that runs this checkout's code, not
+    whichever labdock the interpreter has installed (another checkout's, say)."""
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+
+
+def start_hub(
+    settings: Settings, port: int, cwd: Path, *, runtime_volumes: str = "off"
+) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(__file__).parent.parent),
+        **this_checkout(),
         "LABDOCK_DB_URL": settings.db_url,
         "LABDOCK_HUB_ID": settings.hub.id,
         "LABDOCK_HUB_COOKIE_SECRET": settings.hub.cookie_secret,
         "LABDOCK_HUB_LAUNCH_WAIT": "0",
         "LABDOCK_HUB_MAX_CONCURRENT_LAUNCHES": "32",
         "LABDOCK_BACKEND_LABELS": "labdock.test=1",
-        "LABDOCK_BACKEND_RUNTIME_VOLUMES": "off",
+        "LABDOCK_BACKEND_RUNTIME_VOLUMES": runtime_volumes,
         "LABDOCK_QUOTA_SERVERS": "50",
         "LABDOCK_QUOTA_MEMORY": "100G",
         "LABDOCK_QUOTA_CPUS": "100",
@@ -179,13 +189,31 @@ async def wait_up(url: str) -> None:
     raise AssertionError("hub did not come up")
 
 
-async def test_hub_killed_during_twenty_launches_restarts_without_orphans_or_stuck_rows(
-    settings: Settings, image: str, docker_client: docker.DockerClient, hub_id: str, tmp_path: Path
+@dataclass(frozen=True)
+class KillScenario:
+    """Launches in parallel, a ``kill -9`` of the hub while they run, a restart, a clean stop."""
+
+    environment: Environment
+    launches: int
+    kill_after: float
+    runtime_volumes: str = "off"
+    # A clean stop waits for a runtime copy under way, and for a dead hub's late helper.
+    stop_within: float = 30.0
+
+
+async def kill_during_launches_then_restart_and_stop(
+    scenario: KillScenario,
+    settings: Settings,
+    docker_client: docker.DockerClient,
+    hub_id: str,
+    tmp_path: Path,
 ) -> None:
+    """Run the scenario; assert that the restarted hub settled every launch and left no
+    orphan, and that after its clean stop no helper and no partial runtime copy is left."""
     upgrade(settings.db_url)
     engine = make_engine(settings.db_url)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
-    await SqlCatalog(sessions).add(busybox_env(image))
+    await SqlCatalog(sessions).add(scenario.environment)
     await engine.dispose()
     token_out = subprocess.run(
         [
@@ -202,6 +230,7 @@ async def test_hub_killed_during_twenty_launches_restarts_without_orphans_or_stu
         input=b"correct horse\n",
         capture_output=True,
         cwd=tmp_path,
+        env=this_checkout(),
     )
     assert token_out.returncode == 0, token_out.stderr
     token = subprocess.run(
@@ -209,11 +238,12 @@ async def test_hub_killed_during_twenty_launches_restarts_without_orphans_or_stu
         capture_output=True,
         text=True,
         cwd=tmp_path,
+        env=this_checkout(),
     ).stdout.strip()
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    hub = start_hub(settings, port, tmp_path)
+    hub = start_hub(settings, port, tmp_path, runtime_volumes=scenario.runtime_volumes)
     try:
         await wait_up(url)
         client = tornado.httpclient.AsyncHTTPClient()
@@ -221,22 +251,24 @@ async def test_hub_killed_during_twenty_launches_restarts_without_orphans_or_stu
             client.fetch(
                 f"{url}/hub/api/users/alice/servers/s{i}",
                 method="POST",
-                body=json.dumps({"environment": "busybox"}),
+                body=json.dumps({"environment": scenario.environment.name}),
                 raise_error=False,
                 headers={"Authorization": f"token {token}"},
                 request_timeout=30,
             )
-            for i in range(20)
+            for i in range(scenario.launches)
         ]
-        done, _ = await asyncio.wait([asyncio.ensure_future(p) for p in posts], timeout=0.6)
+        done, _ = await asyncio.wait(
+            [asyncio.ensure_future(p) for p in posts], timeout=scenario.kill_after
+        )
         hub.send_signal(signal.SIGKILL)
         hub.wait()
-        assert len(done) < 20 or any(True for _ in done)  # killed mid-flight either way
+        assert len(done) < scenario.launches or any(True for _ in done)  # killed mid-flight
     finally:
         if hub.poll() is None:
             hub.kill()
 
-    hub = start_hub(settings, port, tmp_path)
+    hub = start_hub(settings, port, tmp_path, runtime_volumes=scenario.runtime_volumes)
     try:
         await wait_up(url)
         deadline = time.monotonic() + 120
@@ -252,11 +284,68 @@ async def test_hub_killed_during_twenty_launches_restarts_without_orphans_or_stu
         assert "starting" not in states, states
         assert states <= {"running", "failed"}
         running = {s["name"] for s in servers.values() if s["state"] == "running"}
-        containers = docker_client.containers.list(
-            all=True, filters={"label": f"labdock.hub={hub_id}"}
-        )
+        containers = [  # servers, not the hub's helpers (runtime copiers)
+            c
+            for c in docker_client.containers.list(
+                all=True, filters={"label": f"labdock.hub={hub_id}"}, ignore_removed=True
+            )
+            if "labdock.role" not in c.labels
+        ]
         owned = {c.labels["labdock.server"] for c in containers}
         assert len(containers) == len(owned) == len(running)
     finally:
         hub.send_signal(signal.SIGTERM)
-        hub.wait(timeout=30)
+        hub.wait(timeout=scenario.stop_within)
+
+    helpers = docker_client.containers.list(
+        all=True, filters={"label": [f"labdock.hub={hub_id}", "labdock.role"]}
+    )
+    assert [(c.name, c.labels["labdock.role"], c.status) for c in helpers] == []
+    copies = docker_client.volumes.list(
+        filters={"label": [f"labdock.hub={hub_id}", "labdock.role=runtime"]}
+    )
+    partial = [v.name for v in copies if MARKER not in top_of_volume(docker_client, v.name)]
+    assert partial == [], "runtime copies without their completion marker"
+
+
+def top_of_volume(client: docker.DockerClient, volume: str) -> set[str]:
+    """The names at the top of a volume, listed by a throwaway busybox container."""
+    output = client.containers.run(
+        ensure_test_image(client),
+        ["ls", "-A", "/v"],
+        entrypoint=[],
+        network_mode="none",
+        volumes={volume: {"bind": "/v", "mode": "ro"}},
+        labels={"labdock.test": "1"},
+        remove=True,
+    )
+    return set(output.decode().split())
+
+
+async def test_hub_killed_during_twenty_launches_restarts_without_orphans_or_stuck_rows(
+    settings: Settings, image: str, docker_client: docker.DockerClient, hub_id: str, tmp_path: Path
+) -> None:
+    scenario = KillScenario(busybox_env(image), launches=20, kill_after=0.6)
+    await kill_during_launches_then_restart_and_stop(
+        scenario, settings, docker_client, hub_id, tmp_path
+    )
+
+
+async def test_hub_killed_while_copying_runtime_volumes_leaves_no_helper_or_partial_copy(
+    settings: Settings, docker_client: docker.DockerClient, hub_id: str, tmp_path: Path
+) -> None:
+    # The python environment's image lists its interpreter's trees as runtime paths: their
+    # copy takes seconds, so the kill lands while the engine creates the filler. Its
+    # servers run a plain HTTP server, so that twelve of them start on a busy machine.
+    python = latest_tag(docker_client, "python")
+    if python is None:
+        pytest.fail("this test needs the python environment's image: labdock images build python")
+    environment = busybox_env(
+        python, name="python", command=("python3", "-m", "http.server", "8080")
+    )
+    scenario = KillScenario(
+        environment, launches=12, kill_after=1.5, runtime_volumes="on", stop_within=180.0
+    )
+    await kill_during_launches_then_restart_and_stop(
+        scenario, settings, docker_client, hub_id, tmp_path
+    )

@@ -27,6 +27,7 @@ from docker.types import Mount
 from hub.backends import docker_runtime
 from hub.backends.docker import DockerBackend
 from hub.backends.docker_config import create_args
+from hub.backends.docker_names import home_volume_name, runtime_volume_name
 from hub.backends.docker_runtime import (
     IMAGE_LABEL,
     MARKER,
@@ -34,10 +35,8 @@ from hub.backends.docker_runtime import (
     UNSHARED_DRIVERS,
     overlaps,
     runtime_paths,
-    volume_name,
 )
 from hub.backends.docker_storage import DockerVolumeMeter
-from hub.domain.servers import home_volume_name
 from tests.busybox_image import ensure_test_image
 from tests.test_backend_docker import TEST_LABELS, make_spec, purge, quiet, run_in
 
@@ -67,11 +66,11 @@ def test_label_names_directories_below_the_allowed_roots_only() -> None:
 
 def test_volume_names_hold_only_ids_and_differ_per_image_and_path() -> None:
     image = "sha256:" + "ab" * 32
-    name = volume_name("h1", image, "/opt/labdock")
+    name = runtime_volume_name("h1", image, "/opt/labdock")
     assert name.startswith("labdock-h1-rt-abababababab-")
-    assert name != volume_name("h1", image, "/usr/lib/python3.11")
-    assert name != volume_name("h1", "sha256:" + "cd" * 32, "/opt/labdock")
-    assert name != volume_name("h2", image, "/opt/labdock")
+    assert name != runtime_volume_name("h1", image, "/usr/lib/python3.11")
+    assert name != runtime_volume_name("h1", "sha256:" + "cd" * 32, "/opt/labdock")
+    assert name != runtime_volume_name("h2", image, "/opt/labdock")
 
 
 def test_overlap_covers_equal_inner_and_outer_paths_not_siblings() -> None:
@@ -211,7 +210,7 @@ async def test_first_launch_starts_the_copy_and_later_ones_mount_it_read_only(
     second = await backend.start(make_spec(labelled, hub_id, server_id=2), quiet)
     mounts = runtime_mounts(client, second.container_id)
     assert set(mounts) == {"/opt/app"}, "/opt/missing is absent, /etc is not allowed"
-    name = volume_name(hub_id, labelled, "/opt/app")
+    name = runtime_volume_name(hub_id, labelled, "/opt/app")
     assert mounts["/opt/app"]["Name"] == name and mounts["/opt/app"]["RW"] is False
 
     code, out = await run_in(client, second.container_id, "cat /opt/app/payload.txt")
@@ -232,7 +231,7 @@ async def test_an_interrupted_copy_is_made_again(
 ) -> None:
     # What a hub killed during the copy leaves: the volume, part of the files, no marker;
     # and the filler container that held it.
-    name = volume_name(hub_id, labelled, "/opt/app")
+    name = runtime_volume_name(hub_id, labelled, "/opt/app")
     client.volumes.create(name, labels={**TEST_LABELS, "labdock.hub": hub_id})
     client.containers.run(
         labelled,
@@ -275,7 +274,7 @@ async def test_a_copy_removed_behind_the_hubs_back_is_not_mounted_and_is_made_ag
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await backend.prepare_runtime([labelled])
-    name = volume_name(hub_id, labelled, "/opt/app")
+    name = runtime_volume_name(hub_id, labelled, "/opt/app")
     client.volumes.get(name).remove()  # as `docker volume prune` would
     monkeypatch.setattr(docker_runtime, "PRESENT_FOR", 0.0)
 

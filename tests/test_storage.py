@@ -15,12 +15,12 @@ import pytest
 import pytest_asyncio
 
 from hub.app import build_hub
+from hub.backends.docker_names import home_volume_name, team_volume_name
 from hub.backends.docker_storage import DockerVolumeMeter, parse_du
 from hub.config import Settings
 from hub.domain.accounts import SCOPES, User
 from hub.domain.errors import BackendUnavailable, QuotaExceeded
 from hub.domain.resources import GiB, MiB
-from hub.domain.servers import home_volume_name
 from hub.domain.storage import (
     Snapshot,
     StorageLimits,
@@ -157,7 +157,7 @@ async def test_meter_sees_what_a_container_wrote_and_only_this_hubs_volumes(
     docker_client: docker.DockerClient, hub_id: str, test_image: str, settings: Settings
 ) -> None:
     home = home_volume_name(hub_id, 7)
-    shared = f"labdock-{hub_id}-t3-shared"
+    shared = team_volume_name(hub_id, 3)
     stranger = f"labdock-x{hub_id}-u7-home"
     make_volume(docker_client, home, hub_id, **{"labdock.user": "7"})
     make_volume(docker_client, shared, hub_id, **{"labdock.team": "3"})
@@ -284,7 +284,7 @@ async def test_team_over_its_storage_quota_refuses_every_member(
         await teams.join((await hub.hub.deps.accounts.get(name)).id, "risk")
     team_id = await teams.find("risk")
     await fill_home(hub, docker_client, test_image, "ann", 6)
-    shared = f"labdock-{hub.hub.hub_id}-t{team_id}-shared"
+    shared = team_volume_name(hub.hub.hub_id, team_id)
     make_volume(docker_client, shared, hub.hub.hub_id, **{"labdock.team": str(team_id)})
     await asyncio.to_thread(write_mib, docker_client, test_image, shared, 6)
     await boss.call("PUT", "/quotas/teams/risk", {"storage": "10M"})

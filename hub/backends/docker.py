@@ -6,8 +6,9 @@
     endpoint = await backend.start(spec, progress=print)   # Endpoint(host="172.18.0.2", ...)
     await backend.stop(spec.server_id, remove=True)         # the home volume stays
 
-Every blocking SDK call runs on the executor that is passed in; keep it at or
-below the client's connection pool (``max_pool_size``, 10 by default) so that
+Every blocking SDK call runs on the executor that is passed in, through
+``engine_calls`` (which also maps engine failures to domain errors); keep it at
+or below the client's connection pool (``max_pool_size``, 10 by default) so that
 connections are reused.
 
 Decisions worth knowing:
@@ -53,46 +54,45 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import functools
 import inspect
 import logging
 import math
 import re
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import docker
-import docker.errors as derr
-import requests
+import docker.errors
 from docker.models.containers import Container
 from docker.types import LogConfig
 from docker.types import Mount as DockerMount
 
 from hub.backends.docker_config import (
     HUB_LABEL,
-    PORT_LABEL,
-    ROLE_LABEL,
     SERVER_LABEL,
     SPEC_LABEL,
-    USER_LABEL,
     check_mounts,
     create_args,
     environment_name,
     spec_fingerprint,
 )
 from hub.backends.docker_events import ExitWatcher, container_events
+from hub.backends.docker_names import container_name, network_name
 from hub.backends.docker_network import bridge_name, ensure_network
+from hub.backends.docker_observe import observe
 from hub.backends.docker_runtime import Mode, RuntimeImage, RuntimeVolumes, runtime_paths
 from hub.backends.docker_volumes import HubVolumes
+from hub.backends.engine_calls import REFUSALS, EngineCalls, missing_image, reason
 from hub.backends.readiness import readiness_path, wait_until_ready
 from hub.domain.errors import (
     BackendUnavailable,
     ConfigError,
     Conflict,
+    EngineRefused,
     InvalidInput,
     LaunchFailed,
     NotFound,
@@ -109,54 +109,12 @@ from hub.domain.servers import (
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-T = TypeVar("T")
-
 LOG_LINES = 20
 # How long a launch waits for the die-event subscription before it falls back to polling.
 SUBSCRIBE_WAIT = 5.0
 FAILED_STOP_GRACE = 3
 _HUB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 _GONE = {"exited", "dead", "removing"}
-
-
-def _explain(exc: derr.APIError) -> str:
-    return str(exc.explanation or exc)
-
-
-def _observe(client: docker.DockerClient, hub_id: str, network: str) -> list[Observed]:
-    """What runs now (blocking): one list call, plus an inspect per stopped container."""
-    found: list[Observed] = []
-    summaries = client.api.containers(all=True, filters={"label": f"{HUB_LABEL}={hub_id}"})
-    for summary in summaries:
-        labels = summary.get("Labels") or {}
-        if ROLE_LABEL in labels:
-            continue  # a helper of the hub's (a volume measurer, a runtime copier)
-        try:
-            server_id, user_id = int(labels[SERVER_LABEL]), int(labels[USER_LABEL])
-            port = int(labels[PORT_LABEL])
-        except (KeyError, ValueError):
-            log.warning("container %s has no valid labdock labels", summary.get("Id"))
-            continue
-        cid = str(summary["Id"])
-        name = str((summary.get("Names") or ["/"])[0]).lstrip("/")
-        running = summary.get("State") == "running"
-        endpoint: Endpoint | None = None
-        exit_code: int | None = None
-        oom = False
-        if running:
-            networks = (summary.get("NetworkSettings") or {}).get("Networks") or {}
-            host = (networks.get(network) or {}).get("IPAddress")
-            endpoint = Endpoint(str(host), port, cid, name) if host else None
-        else:
-            try:
-                state = client.api.inspect_container(cid).get("State") or {}
-            except derr.NotFound:  # removed meanwhile
-                continue
-            exit_code = None if state.get("Status") == "created" else state.get("ExitCode")
-            oom = bool(state.get("OOMKilled"))
-        found.append(Observed(server_id, user_id, cid, name, running, endpoint, exit_code, oom))
-    return found
 
 
 @dataclass(frozen=True)
@@ -196,8 +154,8 @@ class DockerBackend:
             )
         self._client = client
         self._hub_id = hub_id
-        self._executor = executor
-        self._network = network or f"labdock-{hub_id}"
+        self._call = EngineCalls(client, executor)
+        self._network = network or network_name(hub_id)
         self._extra_labels = dict(extra_labels or {})
         self._log_config = LogConfig(
             type="json-file", config={"max-size": log_max_size, "max-file": str(log_max_files)}
@@ -243,24 +201,12 @@ class DockerBackend:
 
     # -- engine access -------------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run a blocking SDK call on the executor; an unreachable engine is unavailable."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(
-                self._executor, functools.partial(fn, *args, **kwargs)
-            )
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise BackendUnavailable(
-                f"cannot reach the Docker engine at {self._client.api.base_url}: {exc}"
-            ) from exc
-
     async def ping(self) -> None:
         """Raise ``BackendUnavailable`` when the engine cannot be reached."""
         try:
             await self._call(self._client.ping)
-        except derr.APIError as exc:
-            raise BackendUnavailable(f"the Docker engine is not healthy: {_explain(exc)}") from exc
+        except REFUSALS as exc:
+            raise BackendUnavailable(f"the Docker engine is not healthy: {reason(exc)}") from exc
 
     # -- network and volumes -------------------------------------------------------------------
 
@@ -329,9 +275,10 @@ class DockerBackend:
             )
         check_mounts(spec)
         deadline = time.monotonic() + spec.start_timeout
-        lock = self._locks.get(spec.container_name)
+        name = container_name(spec.hub_id, spec.server_id)
+        lock = self._locks.get(name)
         if lock is None:
-            lock = self._locks[spec.container_name] = asyncio.Lock()
+            lock = self._locks[name] = asyncio.Lock()
         async with lock:
             return await self._start_locked(spec, progress, deadline)
 
@@ -380,12 +327,13 @@ class DockerBackend:
             return known
         try:
             found = await self._call(self._client.images.get, image)
-        except derr.ImageNotFound as exc:
-            raise LaunchFailed(
-                f"image {image} is not built; run `labdock images build {environment_name(image)}`"
-            ) from exc
-        except derr.APIError as exc:
-            raise LaunchFailed(f"could not inspect image {image}: {_explain(exc)}") from exc
+        except REFUSALS as exc:
+            if missing_image(exc):
+                raise LaunchFailed(
+                    f"image {image} is not built; "
+                    f"run `labdock images build {environment_name(image)}`"
+                ) from exc
+            raise LaunchFailed(f"could not inspect image {image}: {reason(exc)}") from exc
         config = found.attrs.get("Config") or {}
         facts = _Image(
             user=str(config.get("User") or ""),
@@ -412,15 +360,14 @@ class DockerBackend:
 
     async def _existing(self, spec: ServerSpec) -> Container | None:
         """The running container to adopt, or None after clearing a stopped one."""
+        name = container_name(spec.hub_id, spec.server_id)
         try:
-            container = await self._call(self._client.containers.get, spec.container_name)
-        except derr.NotFound:
+            container = await self._call(self._client.containers.get, name)
+        except NotFound:
             return None
         labels = container.labels
         if labels.get(HUB_LABEL) != self._hub_id:
-            raise Conflict(
-                f"a container named {spec.container_name} exists and is not this hub's; remove it"
-            )
+            raise Conflict(f"a container named {name} exists and is not this hub's; remove it")
         if container.status == "running":
             if labels.get(SPEC_LABEL) != spec_fingerprint(spec) or not self._address(container):
                 raise Conflict(
@@ -446,25 +393,25 @@ class DockerBackend:
         try:
             try:
                 return await self._call(self._client.containers.create, **args)
-            except derr.NotFound as exc:
-                if isinstance(exc, derr.ImageNotFound) or "network" not in _explain(exc):
+            except NotFound as exc:
+                if missing_image(exc) or "network" not in reason(exc):
                     raise
                 self._network_ready = False  # removed behind our back: make it again, once
                 await self.ensure_network()
                 return await self._call(self._client.containers.create, **args)
-        except derr.ImageNotFound as exc:
-            self._images.pop(spec.image, None)
-            raise LaunchFailed(
-                f"image {spec.image} is not built; "
-                f"run `labdock images build {environment_name(spec.image)}`"
+        except Conflict as exc:
+            raise Conflict(
+                f"server {spec.server_id} is being started by another request; try again"
             ) from exc
-        except derr.APIError as exc:
-            if exc.status_code == 409:
-                raise Conflict(
-                    f"server {spec.server_id} is being started by another request; try again"
+        except (NotFound, EngineRefused) as exc:
+            if missing_image(exc):
+                self._images.pop(spec.image, None)
+                raise LaunchFailed(
+                    f"image {spec.image} is not built; "
+                    f"run `labdock images build {environment_name(spec.image)}`"
                 ) from exc
             raise LaunchFailed(
-                f"the Docker engine refused to create server {spec.server_id}: {_explain(exc)}"
+                f"the Docker engine refused to create server {spec.server_id}: {reason(exc)}"
             ) from exc
 
     async def _start_container(
@@ -477,43 +424,43 @@ class DockerBackend:
     ) -> Container:
         try:
             await self._call(container.start)
-        except derr.APIError as exc:
-            reason = _explain(exc)
-            if retries and await self._recoverable(reason):
+        except REFUSALS as exc:
+            why = reason(exc)
+            if retries and await self._recoverable(why):
                 await self._remove(container)
                 container = await self._create(spec, image_user, runtime)
                 return await self._start_container(
                     container, spec, image_user, runtime, retries - 1
                 )
-            if spec.gpu_device_ids and "device driver" in reason:
-                reason = (
+            if spec.gpu_device_ids and "device driver" in why:
+                why = (
                     f"GPUs {', '.join(spec.gpu_device_ids)} were requested but the engine "
-                    f"cannot provide them (is the NVIDIA container toolkit installed?): {reason}"
+                    f"cannot provide them (is the NVIDIA container toolkit installed?): {why}"
                 )
             raise LaunchFailed(
-                f"the Docker engine could not start server {spec.server_id}: {reason}",
+                f"the Docker engine could not start server {spec.server_id}: {why}",
                 logs=tuple(await self._tail(container)),
             ) from exc
         await self._call(container.reload)
         return container
 
-    async def _recoverable(self, reason: str) -> bool:
+    async def _recoverable(self, why: str) -> bool:
         """Fix what a start failure says is missing, if we can: the network, or init."""
-        if f"network {self._network} not found" in reason:
+        if f"network {self._network} not found" in why:
             self._network_ready = False  # removed behind our back: make it again
             await self.ensure_network()
             return True
-        if self._use_init and not self._init_forced and await self._is_init_missing(reason):
-            log.warning("the Docker engine has no init binary (%s); running without it", reason)
+        if self._use_init and not self._init_forced and await self._is_init_missing(why):
+            log.warning("the Docker engine has no init binary (%s); running without it", why)
             self._use_init = False
             return True
         return False
 
-    async def _is_init_missing(self, reason: str) -> bool:
+    async def _is_init_missing(self, why: str) -> bool:
         binary = "docker-init"
-        with contextlib.suppress(derr.APIError):
+        with contextlib.suppress(*REFUSALS):
             binary = str((await self._call(self._client.info)).get("InitBinary") or binary)
-        return binary in reason and ("not found" in reason or "no such file" in reason.lower())
+        return binary in why and ("not found" in why or "no such file" in why.lower())
 
     # -- readiness -----------------------------------------------------------------------------
 
@@ -545,7 +492,7 @@ class DockerBackend:
             await asyncio.gather(*waiters, return_exceptions=True)
         if ready in done:  # the app answered, even if it exited right after
             ready.result()
-            return Endpoint(host, spec.port, str(container.id), spec.container_name)
+            return Endpoint(host, spec.port, str(container.id), str(container.name))
         if exited in done:
             raise LaunchFailed(
                 self._exit_reason(spec, exited.result()), logs=tuple(await self._tail(container))
@@ -569,7 +516,7 @@ class DockerBackend:
                 self._exits.forget(cid, died)
         try:
             await self._call(container.reload)
-        except derr.NotFound:  # stopped and removed meanwhile
+        except NotFound:  # stopped and removed meanwhile
             return {"Status": "removed"}
         state: dict[str, Any] = container.attrs.get("State") or {}
         return state
@@ -579,7 +526,7 @@ class DockerBackend:
         while True:
             try:
                 await self._call(container.reload)
-            except derr.NotFound:  # stopped and removed meanwhile
+            except NotFound:  # stopped and removed meanwhile
                 return {"Status": "removed"}
             state: dict[str, Any] = container.attrs.get("State") or {}
             if state.get("Status") in _GONE:
@@ -603,13 +550,13 @@ class DockerBackend:
         """Stop a failed launch but keep it for inspection."""
         try:
             await self._call(container.stop, timeout=FAILED_STOP_GRACE)
-        except derr.APIError:
+        except REFUSALS:
             log.warning("could not stop failed container %s", container.name, exc_info=True)
 
     async def _tail(self, container: Container, tail: int = LOG_LINES) -> list[str]:
         try:
             raw: bytes = await self._call(container.logs, tail=tail)
-        except derr.APIError:
+        except REFUSALS:
             return []
         return raw.decode("utf-8", errors="replace").splitlines()[-tail:]
 
@@ -621,19 +568,18 @@ class DockerBackend:
         }
         try:
             return await self._call(self._client.containers.list, all=True, filters=filters)
-        except derr.APIError as exc:
-            raise BackendUnavailable(f"could not list containers: {_explain(exc)}") from exc
+        except REFUSALS as exc:
+            raise BackendUnavailable(f"could not list containers: {reason(exc)}") from exc
 
     async def _remove(self, container: Container) -> None:
         try:
             await self._call(container.remove, force=True)
-        except derr.NotFound:
+        except (NotFound, Conflict):  # gone, or a removal is already in progress
             pass
-        except derr.APIError as exc:
-            if exc.status_code != 409:  # 409: a removal is already in progress
-                raise BackendUnavailable(
-                    f"could not remove container {container.name}: {_explain(exc)}"
-                ) from exc
+        except EngineRefused as exc:
+            raise BackendUnavailable(
+                f"could not remove container {container.name}: {reason(exc)}"
+            ) from exc
 
     async def stop(self, server_id: int, *, remove: bool = False, grace: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; ``remove`` deletes the container.
@@ -643,11 +589,11 @@ class DockerBackend:
         for container in await self._containers_of(server_id):
             try:
                 await self._call(container.stop, timeout=math.ceil(max(grace, 0.0)))
-            except derr.NotFound:
+            except NotFound:
                 continue
-            except derr.APIError as exc:
+            except (Conflict, EngineRefused) as exc:
                 raise BackendUnavailable(
-                    f"could not stop server {server_id}: {_explain(exc)}"
+                    f"could not stop server {server_id}: {reason(exc)}"
                 ) from exc
             if remove:
                 await self._remove(container)
@@ -662,9 +608,9 @@ class DockerBackend:
     async def list(self) -> builtins.list[Observed]:
         """Every container of this hub, found by label."""
         try:
-            return await self._call(_observe, self._client, self._hub_id, self._network)
-        except derr.APIError as exc:
-            raise BackendUnavailable(f"could not list containers: {_explain(exc)}") from exc
+            return await self._call(observe, self._client, self._hub_id, self._network)
+        except REFUSALS as exc:
+            raise BackendUnavailable(f"could not list containers: {reason(exc)}") from exc
 
     def events(self) -> AsyncGenerator[EngineEvent, None]:
         """``start``, ``die`` (with exit code) and ``oom`` events of this hub's containers.

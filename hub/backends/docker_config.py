@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -19,21 +18,22 @@ from typing import Any
 from docker.types import DeviceRequest, LogConfig
 from docker.types import Mount as DockerMount
 
+from hub.backends.docker_names import container_name, home_volume_name, team_volume_name
 from hub.domain.errors import InvalidInput
 from hub.domain.resources import ENGINE_MIN_MEMORY, MIN_CPUS, format_memory
-from hub.domain.servers import ServerSpec
+from hub.domain.servers import Mount, ServerSpec
 
 HUB_LABEL = "labdock.hub"
 USER_LABEL = "labdock.user"
 SERVER_LABEL = "labdock.server"
 PORT_LABEL = "labdock.port"
 SPEC_LABEL = "labdock.spec"
+TEAM_LABEL = "labdock.team"
 # What a container or volume that is not a server or a home is for (helpers, copies).
 ROLE_LABEL = "labdock.role"
 DEFAULT_USER = "1000:1000"
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
-_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
 
 def spec_fingerprint(spec: ServerSpec) -> str:
@@ -60,12 +60,13 @@ def environment_name(image: str) -> str:
 
 
 def check_mounts(spec: ServerSpec) -> None:
-    """Refuse anything but named volumes at absolute paths (no host paths, no sockets)."""
+    """Refuse a mount at a path that is not absolute. Only named volumes are ever mounted
+    (no host paths, no sockets): their names are made here, from the teams' ids."""
     for mount in spec.mounts:
-        if not _VOLUME_NAME.match(mount.volume) or not mount.target.startswith("/"):
+        if not mount.target.startswith("/"):
             raise InvalidInput(
-                f"mount {mount.volume!r} → {mount.target!r}: only named volumes may be "
-                "mounted, at absolute paths"
+                f"team {mount.team_id}'s volume → {mount.target!r}: volumes are mounted "
+                "at absolute paths only"
             )
 
 
@@ -107,6 +108,11 @@ def volume_labels(spec: ServerSpec, extra: Mapping[str, str]) -> dict[str, str]:
     return {**extra, HUB_LABEL: spec.hub_id, USER_LABEL: str(spec.user_id)}
 
 
+def team_volume_labels(hub_id: str, mount: Mount, extra: Mapping[str, str]) -> dict[str, str]:
+    """A team volume's labels: it belongs to the team (its storage quota counts it)."""
+    return {**extra, HUB_LABEL: hub_id, TEAM_LABEL: str(mount.team_id)}
+
+
 def server_environment(spec: ServerSpec) -> dict[str, str]:
     """The spec's environment, ``HOME``, then the ``LABDOCK_*`` variables (which win)."""
     env = {**spec.env}
@@ -140,16 +146,22 @@ def create_args(
     (``docker_runtime``), which change nothing the server can see but its speed.
     """
     check_limits(spec)
-    mounts = [DockerMount(target=spec.home, source=spec.home_volume, type="volume")]
+    home = home_volume_name(spec.hub_id, spec.user_id)
+    mounts = [DockerMount(target=spec.home, source=home, type="volume")]
     mounts += [
-        DockerMount(target=m.target, source=m.volume, type="volume", read_only=m.read_only)
+        DockerMount(
+            target=m.target,
+            source=team_volume_name(spec.hub_id, m.team_id),
+            type="volume",
+            read_only=m.read_only,
+        )
         for m in spec.mounts
     ]
     mounts += runtime_mounts
     args: dict[str, Any] = {
         "image": spec.image,
         "command": list(spec.command) or None,
-        "name": spec.container_name,
+        "name": container_name(spec.hub_id, spec.server_id),
         "labels": server_labels(spec, extra_labels or {}),
         "environment": server_environment(spec),
         "user": run_as(image_user),

@@ -29,6 +29,15 @@ environments in use take disk space; at start a hub checks the copies it made be
 Servers mount the copies read-only, and only once the marker is there: until then, and
 whenever a copy has gone (``docker volume prune``), they start from the image as usual,
 only slower. Copies are counted by nobody's storage quota.
+
+Helpers (the probe and filler containers) are removed by whoever made them, and swept
+by label: at start, before each copy, and at close. The sweeps never overlap a copy of
+this process (one lock), so they only ever meet what another process left: a hub killed
+while the engine was still creating its filler (a copy takes seconds) has that filler
+appear after the next hub started, holding the volumes it mounts. So a copy sweeps again
+before it replaces an interrupted volume, and waits a while for one still in use; a copy
+that fails removes the volumes it made; and a hub closing lets its copy end, then removes
+every helper left.
 """
 
 from __future__ import annotations
@@ -36,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -45,7 +53,7 @@ import re
 import tarfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,10 +62,11 @@ import docker.errors as derr
 from docker.types import Mount as DockerMount
 
 from hub.backends.docker_config import HUB_LABEL, ROLE_LABEL
+from hub.backends.docker_names import runtime_volume_name
+from hub.backends.engine_calls import EngineCalls
 
 log = logging.getLogger(__name__)
 
-Call = Callable[..., Awaitable[Any]]
 Mode = Literal["auto", "on", "off"]
 
 PATHS_LABEL = "labdock.runtime-paths"
@@ -73,6 +82,8 @@ ALLOWED_ROOTS = ("/opt", "/usr/lib", "/usr/local", "/usr/share")
 PRESENT_FOR = 10.0
 # Seconds before a launch tries again to copy an image whose copy failed (a full disk).
 RETRY_AFTER = 300.0
+# Seconds a copy waits for an interrupted volume that a dead hub's late helper still holds.
+IN_USE_WAIT = 60.0
 _PATH = re.compile(r"^(/[A-Za-z0-9._+-]+)+$")
 _DIR_MODE = 1 << 31  # Go's os.ModeDir, in the engine's path stat
 _SYMLINK_MODE = 1 << 27
@@ -117,13 +128,6 @@ def overlaps(path: str, others: Iterable[str]) -> bool:
     return any(_within(path, o) or _within(o, path) for o in others)
 
 
-def volume_name(hub_id: str, image_id: str, path: str) -> str:
-    """``labdock-<hub>-rt-<12 hex of the image id>-<8 hex of the path>``."""
-    image = image_id.removeprefix("sha256:")[:12]
-    where = hashlib.sha256(path.encode()).hexdigest()[:8]
-    return f"labdock-{hub_id}-rt-{image}-{where}"
-
-
 @dataclass(frozen=True)
 class RuntimeImage:
     """What the hub needs of an image: its id and the directories it offers to share."""
@@ -140,7 +144,7 @@ class RuntimeVolumes:
         client: docker.DockerClient,
         *,
         hub_id: str,
-        call: Call,
+        call: EngineCalls,
         extra_labels: Mapping[str, str],
         mode: Mode = "auto",
     ) -> None:
@@ -154,9 +158,15 @@ class RuntimeVolumes:
         self._checked: dict[str, float] = {}
         self._making: dict[str, asyncio.Task[None]] = {}
         self._failed: dict[str, float] = {}
+        # Held by each copy and by each sweep of helpers, so that a sweep never meets a
+        # helper of this process's own.
         self._one_at_a_time = asyncio.Lock()
         # Read by copy threads between engine calls: after close they clean up and stop.
         self._closing = threading.Event()
+        # The copy now on the executor: close waits for it before the last sweep.
+        self._work: asyncio.Future[list[tuple[str, str]] | None] | None = None
+        # Whether the sweep at start met helpers it could not remove yet (being created).
+        self._left_at_start = False
 
     # -- what launches ask -----------------------------------------------------------------
 
@@ -225,7 +235,14 @@ class RuntimeVolumes:
                 if self._closing.is_set():
                     return
                 started = time.monotonic()
-                made = await self._call(self._fill, image)
+                # The thread goes on when this task is cancelled (by close): the lock is
+                # kept until it ends, so that no sweep meets its helpers.
+                self._work = asyncio.ensure_future(self._call(self._fill, image))
+                try:
+                    made = await asyncio.shield(self._work)
+                except asyncio.CancelledError:
+                    await asyncio.gather(self._work, return_exceptions=True)
+                    raise
                 if made is None:
                     return  # interrupted by close
                 self._ready[image.id] = tuple(
@@ -283,34 +300,54 @@ class RuntimeVolumes:
         paths = self._directories(image)
         if not paths:
             return []
-        names = {p: volume_name(self._hub_id, image.id, p) for p in paths}
+        names = {p: runtime_volume_name(self._hub_id, image.id, p) for p in paths}
+        stale: list[str] = []
         for _attempt in range(2):
+            for path in stale:  # an interrupted copy: make it again
+                log.warning("runtime volume %s is incomplete; copying it again", names[path])
+                self._remove_volume(names[path], image.id)
             if self._closing.is_set():
                 return None
             fresh = {p for p in paths if self._ensure_volume(names[p], image.id, p)}
             try:
-                filler = self._helper(
-                    image.id, [DockerMount(target=p, source=names[p], type="volume") for p in paths]
-                )  # the engine copies the image's files into each empty volume here
-            except derr.APIError:  # a full disk, say: give the space of a partial copy back
+                # The engine copies the image's files into each empty volume here.
+                mounts = [DockerMount(target=p, source=names[p], type="volume") for p in paths]
+                filler = self._helper(image.id, mounts)
+                try:
+                    stale = [p for p in paths if p not in fresh and not _has(filler, p, MARKER)]
+                    for path in fresh:
+                        filler.put_archive(path, _marker())
+                finally:
+                    with contextlib.suppress(derr.APIError):
+                        filler.remove(force=True)
+            except Exception:  # a full disk, say: give the space of a partial copy back
                 self._remove_fillers(image.id)
                 for path in fresh:
                     with contextlib.suppress(derr.APIError):
                         self._client.volumes.get(names[path]).remove(force=True)
                 raise
-            try:
-                stale = [p for p in paths if p not in fresh and not _has(filler, p, MARKER)]
-                for path in fresh:
-                    filler.put_archive(path, _marker())
-            finally:
-                with contextlib.suppress(derr.APIError):
-                    filler.remove(force=True)
             if not stale:
                 return [(p, names[p]) for p in paths]
-            for path in stale:  # an interrupted copy: make it again
-                log.warning("runtime volume %s is incomplete; copying it again", names[path])
-                self._client.volumes.get(names[path]).remove(force=True)
         raise RuntimeError("runtime volumes stayed incomplete after a second copy")
+
+    def _remove_volume(self, name: str, image_id: str) -> None:
+        """Remove an interrupted copy and the helpers holding it.
+
+        A hub killed while the engine created its filler leaves that filler to appear
+        later, holding the volume: it is swept as soon as it exists, for ``IN_USE_WAIT``.
+        """
+        deadline = time.monotonic() + IN_USE_WAIT
+        while True:
+            self._remove_fillers(image_id)
+            try:
+                self._client.volumes.get(name).remove(force=True)
+                return
+            except derr.NotFound:
+                return
+            except derr.APIError as exc:
+                if exc.status_code != 409 or time.monotonic() > deadline:
+                    raise
+            time.sleep(1.0)  # closing too: a partial copy must not outlive the hub
 
     def _directories(self, image: RuntimeImage) -> list[str]:
         """The listed paths that are real directories in the image (a probe container)."""
@@ -343,14 +380,31 @@ class RuntimeVolumes:
             )
             return True
 
-    def _remove_fillers(self, image_id: str | None = None) -> None:
-        """Remove filler and probe containers a killed hub left (they hold volumes)."""
+    def _remove_fillers(self, image_id: str | None = None) -> int:
+        """Remove filler and probe containers a killed hub left (they hold volumes); return
+        how many could not be removed yet.
+
+        A helper the engine is still creating (still copying) is listed, but not yet
+        there to inspect or remove (404): the low-level list shows it without asking
+        for each one, and the caller tries again later.
+        """
         wanted = [f"{HUB_LABEL}={self._hub_id}", f"{ROLE_LABEL}={FILLER_ROLE}"]
         if image_id:
             wanted.append(f"{IMAGE_LABEL}={image_id}")
-        for container in self._client.containers.list(all=True, filters={"label": wanted}):
-            with contextlib.suppress(derr.NotFound):
-                container.remove(force=True)
+        left = 0
+        for summary in self._client.api.containers(all=True, filters={"label": wanted}):
+            try:
+                self._client.api.remove_container(summary["Id"], force=True)
+            except derr.APIError:  # being created, or being removed: look again later
+                left += 1
+        return left
+
+    def _sweep(self) -> None:
+        """Remove every helper of this hub, waiting up to ``IN_USE_WAIT`` for those the
+        engine is still creating for a hub that is gone."""
+        deadline = time.monotonic() + IN_USE_WAIT
+        while self._remove_fillers() and time.monotonic() < deadline:
+            time.sleep(1.0)
 
     # -- upkeep ----------------------------------------------------------------------------
 
@@ -358,10 +412,11 @@ class RuntimeVolumes:
         """Remove this hub's copies of images no longer on the engine; their names."""
         if not await self.enabled():
             return []
-        return list(await self._call(self._prune))
+        async with self._one_at_a_time:  # its sweep must not meet a copy's own helpers
+            return list(await self._call(self._prune))
 
     def _prune(self) -> list[str]:
-        self._remove_fillers()
+        self._left_at_start = self._remove_fillers() > 0
         filters = {"label": [f"{HUB_LABEL}={self._hub_id}", f"{ROLE_LABEL}={ROLE}"]}
         removed = []
         images: dict[str, bool] = {}
@@ -383,12 +438,25 @@ class RuntimeVolumes:
         return removed
 
     async def close(self) -> None:
-        """Stop making copies; one under way cleans up after its current engine call."""
+        """Stop making copies, let the engine call under way end, then sweep helpers.
+
+        The sweep removes every helper of this hub, a killed predecessor's late one too
+        (waiting up to ``IN_USE_WAIT`` for one the engine is still creating). Nothing is
+        asked of the engine when this process began no copy and met no such helper.
+        """
         self._closing.set()
         tasks = list(self._making.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._work is None and not self._left_at_start:
+            return
+        if self._work is not None:
+            await asyncio.gather(self._work, return_exceptions=True)
+        try:
+            await self._call(self._sweep)
+        except Exception as exc:  # the engine went away: the next start sweeps
+            log.warning("runtime helpers not swept at close: %s", exc)
 
 
 def _stat(container: Any, path: str) -> dict[str, Any] | None:

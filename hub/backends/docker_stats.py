@@ -24,7 +24,6 @@ Blocking work (file reads, SDK calls) runs on the bounded executor.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -34,10 +33,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
-import docker.errors
-import requests
 
-from hub.domain.errors import BackendUnavailable, Conflict
+from hub.backends.engine_calls import EngineCalls
+from hub.domain.errors import Conflict, NotFound
 from hub.domain.stats import LiveUsage
 
 T = TypeVar("T")
@@ -213,19 +211,17 @@ class DockerStats:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
-        self._executor = executor
+        self._call = EngineCalls(client, executor)
         self._proc = proc
         self._cgroup_root = cgroup_root
         self._clock = clock
         self._known: dict[str, _Known] = {}
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
+        """``fn`` on the executor; a container the engine does not know is not running."""
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise BackendUnavailable(f"cannot reach the Docker engine: {exc}") from exc
-        except docker.errors.NotFound:
+            return await self._call(fn, *args)
+        except NotFound:
             raise Conflict(NOT_RUNNING) from None
 
     def _find(self, container_id: str) -> CgroupFiles | None:

@@ -19,9 +19,7 @@ The helper needs an image with ``du``: the configured one, else the newest
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 import logging
 import threading
 from collections.abc import Mapping
@@ -32,13 +30,13 @@ import docker.errors as derr
 import requests
 from docker.types import LogConfig, Mount
 
-from hub.backends.docker_config import HUB_LABEL, ROLE_LABEL, USER_LABEL
+from hub.backends.docker_config import HUB_LABEL, ROLE_LABEL, TEAM_LABEL, USER_LABEL
+from hub.backends.engine_calls import EngineCalls
 from hub.domain.errors import BackendUnavailable, ConfigError
 from hub.domain.storage import VolumeUse
 
 log = logging.getLogger(__name__)
 
-TEAM_LABEL = "labdock.team"
 BASE_REPOSITORY = "labdock/base"
 # Volumes per helper container: keeps the command line and the mount table small.
 BATCH = 64
@@ -75,7 +73,7 @@ class DockerVolumeMeter:
     ) -> None:
         self._client = client
         self._hub_id = hub_id
-        self._executor = executor
+        self._call = EngineCalls(client, executor)
         self._image = image
         self._extra_labels = dict(extra_labels or {})
         self._timeout = timeout
@@ -86,11 +84,7 @@ class DockerVolumeMeter:
 
     async def measure(self) -> list[VolumeUse]:
         """Every volume of this hub with its size; raises when the engine cannot tell."""
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, functools.partial(self._measure))
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise BackendUnavailable(f"cannot reach the Docker engine: {exc}") from exc
+        return await self._call(self._measure)
 
     def close(self) -> None:
         """Remove any helper still measuring, and start no more (blocking).

@@ -14,21 +14,16 @@ when a container mounts it, without labels: remove volumes through the hub.)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import docker
 import docker.errors as derr
 
-from hub.backends.docker_config import HUB_LABEL, run_as, volume_labels
-from hub.domain.errors import BackendUnavailable, Conflict, LaunchFailed
-from hub.domain.servers import Mount, ServerSpec, home_volume_name
-
-Call = Callable[..., Awaitable[Any]]
-
-
-def _explain(exc: derr.APIError) -> str:
-    return str(exc.explanation or exc)
+from hub.backends.docker_config import HUB_LABEL, run_as, team_volume_labels, volume_labels
+from hub.backends.docker_names import home_volume_name, team_volume_name
+from hub.backends.engine_calls import REFUSALS, EngineCalls, reason
+from hub.domain.errors import BackendUnavailable, Conflict, EngineRefused, LaunchFailed, NotFound
+from hub.domain.servers import Mount, ServerSpec
 
 
 class HubVolumes:
@@ -39,7 +34,7 @@ class HubVolumes:
         client: docker.DockerClient,
         *,
         hub_id: str,
-        call: Call,
+        call: EngineCalls,
         extra_labels: Mapping[str, str],
     ) -> None:
         self._client = client
@@ -50,34 +45,35 @@ class HubVolumes:
 
     async def ensure_home(self, spec: ServerSpec) -> None:
         """The user's home volume exists, labelled with the hub and the user."""
-        if spec.home_volume in self._known:
+        name = home_volume_name(spec.hub_id, spec.user_id)
+        if name in self._known:
             return
         labels = volume_labels(spec, self._extra_labels)
 
         def ensure() -> None:
             try:
-                self._client.volumes.get(spec.home_volume)
+                self._client.volumes.get(name)
             except derr.NotFound:
                 # Creating an existing local volume is a no-op, so a race is harmless.
-                self._client.volumes.create(spec.home_volume, driver="local", labels=labels)
+                self._client.volumes.create(name, driver="local", labels=labels)
 
         try:
             await self._call(ensure)
-        except derr.APIError as exc:
-            raise LaunchFailed(f"could not create the home volume: {_explain(exc)}") from exc
-        self._known.add(spec.home_volume)
+        except REFUSALS as exc:
+            raise LaunchFailed(f"could not create the home volume: {reason(exc)}") from exc
+        self._known.add(name)
 
     async def ensure_mounts(self, spec: ServerSpec, image_user: str) -> None:
-        """Create missing mounted volumes, labelled, and owned by the server's user."""
+        """Create missing team volumes, labelled, and owned by the server's user."""
 
-        def ensure(mount: Mount) -> None:
+        def ensure(mount: Mount, name: str) -> None:
             try:
-                self._client.volumes.get(mount.volume)
+                self._client.volumes.get(name)
                 return
             except derr.NotFound:
                 pass
-            labels = {**mount.labels, **self._extra_labels, HUB_LABEL: self._hub_id}
-            self._client.volumes.create(mount.volume, driver="local", labels=labels)
+            labels = team_volume_labels(self._hub_id, mount, self._extra_labels)
+            self._client.volumes.create(name, driver="local", labels=labels)
             # A fresh volume is root's; the server runs without CAP_CHOWN, so a
             # one-shot container of the same image (no network) hands it over.
             self._client.containers.run(
@@ -86,19 +82,20 @@ class HubVolumes:
                 entrypoint=[],
                 user="0",
                 network_mode="none",
-                volumes={mount.volume: {"bind": "/volume", "mode": "rw"}},
+                volumes={name: {"bind": "/volume", "mode": "rw"}},
                 labels={**self._extra_labels, HUB_LABEL: self._hub_id},
                 remove=True,
             )
 
         for mount in spec.mounts:
-            if mount.volume in self._known:
+            name = team_volume_name(self._hub_id, mount.team_id)
+            if name in self._known:
                 continue
             try:
-                await self._call(ensure, mount)
-            except derr.DockerException as exc:
-                raise LaunchFailed(f"could not prepare volume {mount.volume}: {exc}") from exc
-            self._known.add(mount.volume)
+                await self._call(ensure, mount, name)
+            except REFUSALS as exc:
+                raise LaunchFailed(f"could not prepare volume {name}: {reason(exc)}") from exc
+            self._known.add(name)
 
     async def remove_home(self, user_id: int) -> None:
         """Delete a user's home volume (an explicit admin action). Missing is fine."""
@@ -111,10 +108,10 @@ class HubVolumes:
 
         try:
             await self._call(remove)
-        except derr.APIError as exc:
-            if exc.status_code == 409:
-                raise Conflict(
-                    f"the home volume of user {user_id} is still used by a container; "
-                    "stop and remove that user's servers first"
-                ) from exc
-            raise BackendUnavailable(f"could not remove volume {name}: {_explain(exc)}") from exc
+        except Conflict as exc:
+            raise Conflict(
+                f"the home volume of user {user_id} is still used by a container; "
+                "stop and remove that user's servers first"
+            ) from exc
+        except (NotFound, EngineRefused) as exc:
+            raise BackendUnavailable(f"could not remove volume {name}: {reason(exc)}") from exc

@@ -59,6 +59,7 @@ import secrets
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field, replace
 
+from hub.backends.docker_names import container_name, home_volume_name, team_volume_name
 from hub.domain.errors import BackendUnavailable, Conflict, InvalidInput, LaunchFailed, NotFound
 from hub.domain.resources import format_memory
 from hub.domain.servers import (
@@ -68,10 +69,15 @@ from hub.domain.servers import (
     ProgressEvent,
     ProgressSink,
     ServerSpec,
-    home_volume_name,
 )
 
 PREFIX = "fake/"
+
+
+def _name(spec: ServerSpec) -> str:
+    """The fake names its containers and volumes as the Docker backend does."""
+    return container_name(spec.hub_id, spec.server_id)
+
 LOG_LINES = 20
 # The exit code of an app stopped by SIGTERM that it does not catch (under an init).
 STOPPED_EXIT_CODE = 143
@@ -148,7 +154,7 @@ class _Container:
     def snapshot(self) -> FakeContainer:
         return FakeContainer(
             id=self.id,
-            name=self.spec.container_name,
+            name=_name(self.spec),
             server_id=self.spec.server_id,
             user_id=self.spec.user_id,
             image=self.spec.image,
@@ -268,7 +274,7 @@ class FakeBackend:
             )
         self._check()
         deadline = asyncio.get_running_loop().time() + spec.start_timeout
-        lock = self._locks.setdefault(spec.container_name, asyncio.Lock())
+        lock = self._locks.setdefault(_name(spec), asyncio.Lock())
         async with lock:
             return await self._start_locked(spec, progress, deadline)
 
@@ -285,8 +291,8 @@ class FakeBackend:
         await _emit(progress, ProgressEvent(20, "creating the container"))
         self._check()
         self.calls.append(("start", spec.server_id))
-        self._volumes.add(spec.home_volume)
-        self._volumes.update(m.volume for m in spec.mounts)
+        self._volumes.add(home_volume_name(spec.hub_id, spec.user_id))
+        self._volumes.update(team_volume_name(spec.hub_id, m.team_id) for m in spec.mounts)
         container = self._existing(spec)
         if container is not None:
             await _emit(progress, ProgressEvent(40, "the container is already running"))
@@ -375,7 +381,7 @@ class FakeBackend:
             await asyncio.gather(*waiters, return_exceptions=True)
         logs = tuple(container.lines[-LOG_LINES:])
         if ready in done:  # the app answered, even if it exited right after
-            return Endpoint(container.host, spec.port, container.id, spec.container_name)
+            return Endpoint(container.host, spec.port, container.id, _name(spec))
         if exited in done:
             if self._containers.get(spec.server_id) is not container:
                 raise LaunchFailed(f"server {spec.server_id} was removed before it was ready")
@@ -442,13 +448,13 @@ class FakeBackend:
         found = []
         for c in self._containers.values():
             running = c.status == "running"
-            endpoint = Endpoint(c.host, c.spec.port, c.id, c.spec.container_name)
+            endpoint = Endpoint(c.host, c.spec.port, c.id, _name(c.spec))
             found.append(
                 Observed(
                     server_id=c.spec.server_id,
                     user_id=c.spec.user_id,
                     container_id=c.id,
-                    container_name=c.spec.container_name,
+                    container_name=_name(c.spec),
                     running=running,
                     endpoint=endpoint if running else None,
                     exit_code=None if running else c.exit_code,

@@ -27,16 +27,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from hub.db.engine import writing
 from hub.db.schema import EnvironmentRow, EnvironmentTeamRow, EnvironmentVersionRow, TeamRow
 from hub.domain.catalog import (
+    DEFAULT_HOME,
+    DEFAULT_PIDS_LIMIT,
+    DEFAULT_SHM_SIZE,
     VERSION_LABEL,
     Environment,
     EnvironmentInfo,
+    EnvironmentManifest,
     Version,
     check_policy,
+    manifest_of,
     shown,
 )
 from hub.domain.errors import Conflict, InvalidInput, NotFound
 from hub.domain.resources import Resources
-from hub.images.manifest import EnvironmentManifest
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +110,9 @@ def _environment(
         maximum=_resources(policy.get("maximum") or doc["maximum"]),
         gpu=bool(doc.get("gpu", False)),
         gpu_shareable=bool(doc.get("gpu_shareable", False)),
-        pids_limit=int(doc.get("pids_limit", 1024)),
-        shm_size=int(doc.get("shm_size", 1024**3)),
-        home=str(doc.get("home", "/home/analyst")),
+        pids_limit=int(doc.get("pids_limit", DEFAULT_PIDS_LIMIT)),
+        shm_size=int(doc.get("shm_size", DEFAULT_SHM_SIZE)),
+        home=str(doc.get("home", DEFAULT_HOME)),
         teams=teams,
         enabled=row.enabled,
         retired=row.retired,
@@ -507,20 +511,7 @@ class SqlCatalog:
     async def add(self, env: Environment) -> int:
         """Add an environment with one version directly (tests and benchmarks)."""
         label = env.version if VERSION_LABEL.match(env.version) else "1"
-        doc = {
-            "contents": env.contents or env.version,
-            "port": env.port,
-            "command": list(env.command),
-            "prefix": "keep" if env.keep_prefix else "strip",
-            "readiness_path": env.readiness_path,
-            "default": _res(env.default),
-            "maximum": _res(env.maximum),
-            "gpu": env.gpu,
-            "gpu_shareable": env.gpu_shareable,
-            "pids_limit": env.pids_limit,
-            "shm_size": env.shm_size,
-            "home": env.home,
-        }
+        doc = manifest_document(manifest_of(env))
         async with writing(self._sessions) as s:
             row = EnvironmentRow(
                 name=env.name,

@@ -11,6 +11,7 @@ launches with room for three give exactly three servers.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -31,7 +32,9 @@ from hub.domain.records import (
     TeamUse,
 )
 from hub.domain.resources import Resources
-from hub.domain.servers import Endpoint, ServerState
+from hub.domain.servers import Endpoint, ServerState, allowed_from, can_move
+
+log = logging.getLogger(__name__)
 
 ADMISSION_LOCK = 0x1ABD0C  # advisory lock key for PostgreSQL
 _ACTIVE = [s.value for s in ACTIVE_STATES]
@@ -60,6 +63,10 @@ def _record(row: ServerRow, user_name: str, env_name: str | None) -> ServerRecor
         started=row.started,
         last_activity=row.last_activity,
     )
+
+
+def _values(states: frozenset[ServerState]) -> list[str]:
+    return sorted(s.value for s in states)
 
 
 def _limits(row: QuotaRow | None) -> Limits | None:
@@ -145,7 +152,11 @@ class SqlServerRepo:
                     ServerRow.user_id == claim.user_id, ServerRow.name == claim.name
                 )
             )
-            fresh = row is None or row.state not in _ACTIVE
+            # Launched only from a state the transitions allow (stopped or failed).
+            fresh = row is None or (
+                row.state != ServerState.STARTING.value
+                and can_move(ServerState(row.state), ServerState.STARTING)
+            )
             if fresh:
                 gpu_ids = decide(await self._view(s, claim.user_id))
                 if row is None:
@@ -195,10 +206,12 @@ class SqlServerRepo:
         return await self._many()
 
     async def mark_running(self, server_id: int, endpoint: Endpoint, at: datetime) -> None:
+        """Running at ``endpoint``, if ``TRANSITIONS`` allow it from the current state."""
         async with self._sessions.begin() as s:
-            await s.execute(
+            result = await s.execute(
                 update(ServerRow)
                 .where(ServerRow.id == server_id)
+                .where(ServerRow.state.in_(_values(allowed_from(ServerState.RUNNING))))
                 .values(
                     state=ServerState.RUNNING.value,
                     container_id=endpoint.container_id,
@@ -210,6 +223,8 @@ class SqlServerRepo:
                     stopped_reason=None,
                 )
             )
+        if not getattr(result, "rowcount", 0):
+            log.warning("server %s was not marked running: it has moved on", server_id)
 
     async def mark(
         self,
@@ -230,12 +245,18 @@ class SqlServerRepo:
         if forget_container:
             values["container_id"] = None
             values["container_name"] = None
-        query = update(ServerRow).where(ServerRow.id == server_id)
-        if expect is not None:
-            query = query.where(ServerRow.state.in_([e.value for e in expect]))
+        allowed = allowed_from(state) if expect is None else allowed_from(state) & expect
+        query = (
+            update(ServerRow)
+            .where(ServerRow.id == server_id)
+            .where(ServerRow.state.in_(_values(allowed)))
+        )
         async with self._sessions.begin() as s:
             result = await s.execute(query.values(**values))
-            return bool(getattr(result, "rowcount", 0))
+            moved = bool(getattr(result, "rowcount", 0))
+        if not moved and expect is None:
+            log.info("server %s was not marked %s: not allowed from its state", server_id, state)
+        return moved
 
     async def record_activity(self, seen: Mapping[int, datetime]) -> None:
         if not seen:

@@ -10,6 +10,12 @@ versions. A version is one image, pinned by its digest, with how to run it
 (port, command, prefix style, readiness path): a manifest snapshot. Versions
 are never deleted, so a team can relaunch exactly what it ran last month.
 
+``EnvironmentManifest`` is what a version is made from (an environment folder's
+``manifest.toml``, parsed by ``hub.images.manifest``, or an admin's request), and
+``Environment`` is one version as the catalog stores it; both take their runtime
+defaults from here (``DEFAULT_SHM_SIZE`` and the others), and ``manifest_of``
+turns the second back into the first.
+
 Launching never falls back to "any image": an environment that is unknown,
 disabled, retired or not offered to the user, and a version the environment
 never had, are refused by name (the class of CVE-2023-48311 in DockerSpawner).
@@ -23,7 +29,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from hub.domain.errors import Forbidden, InvalidInput, NotFound
 from hub.domain.resources import Resources, format_memory, parse_memory
@@ -39,6 +45,43 @@ LAUNCH_KEYS = frozenset({"environment", "version", "cpus", "memory", "gpus"})
 MAX_CPUS = 4096
 MAX_MEMORY = 2**50
 MAX_GPUS = 1024
+# What a version gets when its manifest (or an admin's request) leaves a setting out.
+DEFAULT_PIDS_LIMIT = 1024
+DEFAULT_SHM_SIZE = 64 * 1024**2  # Docker's own default for /dev/shm
+DEFAULT_HOME = "/home/analyst"
+
+Prefix = Literal["keep", "strip"]
+
+
+@dataclass(frozen=True)
+class EnvironmentManifest:
+    """One environment version as declared: the app, its URL handling and its limits.
+
+    ``version`` is the text that says what the image holds (``contents`` once
+    stored). ``prefix`` says whether the proxy keeps ``/user/<name>/<server>/`` in
+    the path it forwards (the app is told its prefix in ``LABDOCK_PREFIX``) or
+    strips it. ``readiness_path`` is relative to that prefix.
+    ``build_by_default = false`` leaves the image out of a bare
+    ``labdock images build`` (one too big for every machine, like the CUDA
+    build of TensorFlow); naming it builds it.
+    """
+
+    name: str
+    description: str
+    version: str
+    port: int
+    command: tuple[str, ...]
+    prefix: Prefix
+    readiness_path: str
+    default: Resources
+    maximum: Resources
+    gpu: bool = False
+    gpu_shareable: bool = False
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    shm_size: int = DEFAULT_SHM_SIZE
+    home: str = DEFAULT_HOME
+    upstream_base: str | None = None
+    build_by_default: bool = True
 
 
 @dataclass(frozen=True)
@@ -63,9 +106,9 @@ class Environment:
     maximum: Resources
     gpu: bool = False
     gpu_shareable: bool = False
-    pids_limit: int = 1024
-    shm_size: int = 1024**3
-    home: str = "/home/analyst"
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    shm_size: int = DEFAULT_SHM_SIZE
+    home: str = DEFAULT_HOME
     teams: frozenset[int] = frozenset()
     enabled: bool = True
     retired: bool = False
@@ -79,6 +122,26 @@ class Environment:
     def offered_to(self, *, admin: bool, team_ids: frozenset[int]) -> bool:
         """Admins see every environment; others those with no team list or one of theirs."""
         return admin or not self.teams or bool(self.teams & team_ids)
+
+
+def manifest_of(env: Environment) -> EnvironmentManifest:
+    """The manifest of an environment's version: how to run it, as it was declared."""
+    return EnvironmentManifest(
+        name=env.name,
+        description=env.description,
+        version=env.contents or env.version,
+        port=env.port,
+        command=env.command,
+        prefix="keep" if env.keep_prefix else "strip",
+        readiness_path=env.readiness_path,
+        default=env.default,
+        maximum=env.maximum,
+        gpu=env.gpu,
+        gpu_shareable=env.gpu_shareable,
+        pids_limit=env.pids_limit,
+        shm_size=env.shm_size,
+        home=env.home,
+    )
 
 
 @dataclass(frozen=True)

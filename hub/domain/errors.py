@@ -57,6 +57,10 @@ class BackendUnavailable(LabdockError):
     """The container engine cannot be reached; state is unknown, not stopped."""
 
 
+class EngineRefused(BackendUnavailable):
+    """The container engine answered but refused the request; the message is its reason."""
+
+
 class LaunchFailed(LabdockError):
     """A server did not become ready; ``logs`` holds its last lines."""
 

@@ -124,7 +124,8 @@ class WorkspaceRepo(Protocol):
         forget_container: bool = False,
         expect: frozenset[ServerState] | None = None,
     ) -> bool:
-        """Move to ``state`` (only from ``expect`` if given); ``False`` if it was not there."""
+        """Move to ``state`` if ``TRANSITIONS`` allow it from the current state (and that is
+        in ``expect``, if given); ``False`` when the server was not in such a state."""
 
     async def record_activity(self, seen: Mapping[int, datetime]) -> None: ...
 

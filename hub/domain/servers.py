@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from hub.domain.catalog import DEFAULT_HOME, DEFAULT_PIDS_LIMIT, DEFAULT_SHM_SIZE
 from hub.domain.resources import Resources
 
 
@@ -28,10 +29,17 @@ class ServerState(enum.Enum):
     UNKNOWN = "unknown"
 
 
-# The transitions the hub allows; anything else is a bug or a race to refuse.
+# The transitions the hub allows; anything else is a bug or a race to refuse. The
+# repository of servers applies them in the same statement that moves a server, so a
+# stale decision (a crash reported after the server was stopped) changes nothing.
+# Every state may be stopped (``STOPPING``: a stopped or failed server's container is
+# removed through it too); only a stopped or failed server is launched (``claim``);
+# ``UNKNOWN`` (the engine could not be asked) settles once the engine answers.
 TRANSITIONS: Mapping[ServerState, frozenset[ServerState]] = {
-    ServerState.STOPPED: frozenset({ServerState.STARTING}),
-    ServerState.FAILED: frozenset({ServerState.STARTING, ServerState.STOPPED}),
+    ServerState.STOPPED: frozenset({ServerState.STARTING, ServerState.STOPPING}),
+    ServerState.FAILED: frozenset(
+        {ServerState.STARTING, ServerState.STOPPING, ServerState.STOPPED}
+    ),
     ServerState.STARTING: frozenset(
         {ServerState.RUNNING, ServerState.FAILED, ServerState.STOPPING, ServerState.UNKNOWN}
     ),
@@ -40,33 +48,38 @@ TRANSITIONS: Mapping[ServerState, frozenset[ServerState]] = {
     ),
     ServerState.STOPPING: frozenset({ServerState.STOPPED, ServerState.FAILED, ServerState.UNKNOWN}),
     ServerState.UNKNOWN: frozenset(
-        {ServerState.RUNNING, ServerState.STOPPED, ServerState.FAILED, ServerState.STARTING}
+        {ServerState.RUNNING, ServerState.STOPPED, ServerState.FAILED, ServerState.STOPPING}
     ),
 }
 
 
 def can_move(old: ServerState, new: ServerState) -> bool:
-    """Whether the hub may move a server from ``old`` to ``new``."""
+    """Whether the hub may move a server from ``old`` to ``new`` (staying put is allowed)."""
     return old == new or new in TRANSITIONS[old]
+
+
+def allowed_from(new: ServerState) -> frozenset[ServerState]:
+    """The states a server may be moved to ``new`` from, ``new`` itself included."""
+    return frozenset(old for old in ServerState if can_move(old, new))
 
 
 @dataclass(frozen=True)
 class Mount:
-    """A named volume mounted into a server (a team's shared volume, say).
+    """A team's shared volume, mounted into a server at ``target``.
 
-    The backend creates a missing volume with ``labels`` and gives it to the
-    server's user, since the server itself holds no capability to chown.
+    The backend names the volume from the team's id, creates it when missing and
+    gives it to the server's user, since the server itself holds no capability to chown.
     """
 
-    volume: str
+    team_id: int
     target: str
     read_only: bool = False
-    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ServerSpec:
-    """Everything a backend needs to run one server. Names derive from ids only."""
+    """Everything a backend needs to run one server. The backend names what it makes
+    (container, volumes) from the ids alone."""
 
     hub_id: str
     user_id: int
@@ -77,28 +90,15 @@ class ServerSpec:
     prefix: str
     secret: str
     resources: Resources
-    pids_limit: int = 1024
-    shm_size: int = 1024 * 1024 * 1024
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    shm_size: int = DEFAULT_SHM_SIZE
     gpu_device_ids: tuple[str, ...] = ()
-    home: str = "/home/analyst"
+    home: str = DEFAULT_HOME
     mounts: tuple[Mount, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     readiness_path: str = "/"
     start_timeout: float = 120.0
-
-    @property
-    def container_name(self) -> str:
-        return f"labdock-{self.hub_id}-s{self.server_id}"
-
-    @property
-    def home_volume(self) -> str:
-        return home_volume_name(self.hub_id, self.user_id)
-
-
-def home_volume_name(hub_id: str, user_id: int) -> str:
-    """The user's home volume: keyed by the immutable user id, never by name."""
-    return f"labdock-{hub_id}-u{user_id}-home"
 
 
 @dataclass(frozen=True)

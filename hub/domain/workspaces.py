@@ -249,10 +249,9 @@ class Workspaces:
             return ()
         return tuple(
             Mount(
-                volume=f"labdock-{self._policy.hub_id}-t{m.team_id}-shared",
+                team_id=m.team_id,
                 target=f"{home.rstrip('/')}/teams/{m.team}",
                 read_only=not m.writer,
-                labels={**self._policy.labels, "labdock.team": str(m.team_id)},
             )
             for m in await self._teams.memberships(user_id)
         )

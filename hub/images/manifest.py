@@ -32,11 +32,16 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import hub
+from hub.domain.catalog import (
+    DEFAULT_HOME,
+    DEFAULT_PIDS_LIMIT,
+    DEFAULT_SHM_SIZE,
+    EnvironmentManifest,
+)
 from hub.domain.errors import ConfigError, InvalidInput, LabdockError
 from hub.domain.resources import Resources, parse_memory
 
@@ -67,38 +72,6 @@ _RESOURCE_KEYS = frozenset({"cpus", "memory", "gpus"})
 # What an admin gives to define an environment's version through the API: the manifest's
 # keys, less those about building it; "contents" is the manifest's "version" text.
 REQUEST_KEYS = (_TOP_KEYS - {"name", "version", "upstream_base", "build_by_default"}) | {"contents"}
-
-Prefix = Literal["keep", "strip"]
-
-
-@dataclass(frozen=True)
-class EnvironmentManifest:
-    """One environment as its folder declares it: the app, its URL handling and its limits.
-
-    ``prefix`` says whether the proxy keeps ``/user/<name>/<server>/`` in the
-    path it forwards (the app is told its prefix in ``LABDOCK_PREFIX``) or
-    strips it. ``readiness_path`` is relative to that prefix.
-    ``build_by_default = false`` leaves the image out of a bare
-    ``labdock images build`` (one too big for every machine, like the CUDA
-    build of TensorFlow); naming it builds it.
-    """
-
-    name: str
-    description: str
-    version: str
-    port: int
-    command: tuple[str, ...]
-    prefix: Prefix
-    readiness_path: str
-    default: Resources
-    maximum: Resources
-    gpu: bool = False
-    gpu_shareable: bool = False
-    pids_limit: int = 1024
-    shm_size: int = 64 * 1024 * 1024
-    home: str = "/home/analyst"
-    upstream_base: str | None = None
-    build_by_default: bool = True
 
 
 def load_manifest(folder: Path) -> EnvironmentManifest:
@@ -218,11 +191,11 @@ class _Reader:
         if shareable and not gpu:
             raise self.fail("gpu_shareable", "needs gpu = true")
 
-        pids_limit = self.integer(data, "pids_limit", default=1024)
+        pids_limit = self.integer(data, "pids_limit", default=DEFAULT_PIDS_LIMIT)
         if pids_limit <= 0:
             raise self.fail("pids_limit", "must be greater than 0")
-        shm_size = self.size(data, "shm_size", default=64 * 1024 * 1024)
-        home = self.text(data, "home", default="/home/analyst")
+        shm_size = self.size(data, "shm_size", default=DEFAULT_SHM_SIZE)
+        home = self.text(data, "home", default=DEFAULT_HOME)
         if not home.startswith("/"):
             raise self.fail("home", f"must be an absolute path, got {home!r}")
         upstream = self.text(data, "upstream_base", default="") or None

@@ -13,18 +13,14 @@ container and volume names do, so that hubs sharing an engine keep their own pin
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TypeVar
 
 import docker
 import docker.errors
 
-from hub.domain.errors import BackendUnavailable, Conflict, InvalidInput
-
-T = TypeVar("T")
+from hub.backends.engine_calls import EngineCalls
+from hub.domain.errors import Conflict, InvalidInput
 
 # Docker's reference grammar, loosely: [host[:port]/]path[:tag][@digest], or a bare image id.
 _REFERENCE = re.compile(
@@ -53,16 +49,8 @@ class EngineImages:
 
     def __init__(self, client: docker.DockerClient, executor: Executor, *, hub_id: str) -> None:
         self._client = client
-        self._executor = executor
+        self._call = EngineCalls(client, executor)
         self._hub_id = hub_id
-
-    async def _call(self, fn: Callable[[], T]) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        except docker.errors.ImageNotFound:
-            raise
-        except (docker.errors.APIError, docker.errors.DockerException, OSError) as exc:
-            raise BackendUnavailable(f"the Docker engine did not answer: {exc}") from None
 
     async def resolve(self, reference: str) -> str | None:
         check_reference(reference)

@@ -29,6 +29,7 @@ from hub.domain.catalog import (
     VERSION_LABEL,
     Environment,
     EnvironmentInfo,
+    EnvironmentManifest,
     ImageStore,
     Version,
     check_label,
@@ -39,7 +40,7 @@ from hub.domain.catalog import (
 )
 from hub.domain.errors import BackendUnavailable, Conflict, Forbidden, InvalidInput, NotFound
 from hub.domain.resources import Resources
-from hub.images.manifest import EnvironmentManifest, manifest_from_request
+from hub.images.manifest import manifest_from_request
 from hub.web.catalog_openapi import OPENAPI_PATHS as OPENAPI_PATHS  # read by hub.web.openapi
 from hub.web.catalog_openapi import OPENAPI_SCHEMAS as OPENAPI_SCHEMAS
 from hub.web.servers_api import ApiHandler
