@@ -3,6 +3,7 @@ what each user may list and launch, admins' changes, versions pinned by digest."
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Iterator
@@ -32,7 +33,8 @@ def images(docker_client: docker.DockerClient) -> Iterator[tuple[str, str]]:
     try:
         yield first, "labdock/test-busybox-v2:catalog"
     finally:
-        docker_client.images.remove("labdock/test-busybox-v2:catalog", force=True)
+        with contextlib.suppress(docker.errors.ImageNotFound):  # another run removed it first
+            docker_client.images.remove("labdock/test-busybox-v2:catalog", force=True)
 
 
 class Api:
