@@ -14,7 +14,8 @@ from hub.config import load_settings
 from hub.domain.accounts import TokenGrant, User
 from hub.domain.errors import ConfigError
 from hub.domain.routes import Route, RouteTable
-from hub.web.proxy_headers import Forwarded, forwarded_block, origin_allowed, upstream_block
+from hub.domain.access import origin_allowed
+from hub.web.proxy_headers import Forwarded, forwarded_block, upstream_block
 from hub.web.proxy_tunnels import Tunnels
 from hub.web.proxy_wire import parse_request
 

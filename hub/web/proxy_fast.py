@@ -48,14 +48,14 @@ import logging
 import socket
 from typing import cast
 
+from hub.domain.access import ALLOW, Visit, decide
 from hub.domain.errors import InvalidInput
 from hub.domain.routes import Route, canonical_path, upstream_path
-from hub.web.proxy_auth import ACCESS_SCOPE, Credential, Grant, hub_token
+from hub.web.proxy_auth import Credential, Grant, hub_token
 from hub.web.proxy_headers import (
     Forwarded,
     forwarded_block,
     hub_cookie_pattern,
-    origin_allowed,
     upstream_block,
 )
 from hub.web.proxy_pool import (
@@ -90,7 +90,6 @@ from hub.web.proxy_wire import (
 log = logging.getLogger(__name__)
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # The client's claims about itself, which the hub's handlers must not believe.
 _HUB_DROP = line_pattern(
     {"x-real-ip", "x-forwarded-for", "x-scheme", "x-forwarded-proto", "connection", "keep-alive"}
@@ -431,10 +430,6 @@ class _Client(Relay, Reader):
             self._to_hub()
             return None
         config = self.config
-        hosts = config.auth.hosts
-        if hosts is not None and hosts.owner_of(request.fields.get("host") or "") is None:
-            self._to_hub()  # subdomain mode: the hub sends it to its owner's host
-            return None
         if request is self._memo_request:
             memo = self._memo_pass
             assert memo is not None
@@ -486,50 +481,39 @@ class _Client(Relay, Reader):
         self._block_upstream = None  # made when first needed
 
     def _authorize(self, request: Head, grant: Grant) -> Pass | None:
-        """The same rules as ``ProxyHandler.prepare``; any doubt goes to the hub."""
+        """What ``hub.domain.access.decide`` allows passes; anything else goes to the hub."""
         path, _, query = request.target.partition("?")
         try:
             canonical = canonical_path(path)
         except InvalidInput:
             self._to_hub()
             return None
-        user = grant.user
         if request.block is not self._block:
             self._read_block(request)
         presents_token = self._block_token
         wants_html = not presents_token and self._block_html
         config = self.config
-        found = config.routes.match(canonical)
-        if found is None or (user.must_change_password and wants_html):
+        routes = config.routes
+        found = routes.match(canonical)
+        method = request.method
+        fields = request.fields
+        upgrade = (
+            method == "GET"
+            and (fields.get("upgrade") or "").lower() == "websocket"
+            and "upgrade" in request.tokens("connection")
+        )
+        host = fields.get("host") or "127.0.0.1"
+        origin = fields.get("origin")
+        visit = Visit(method, canonical, host, origin, upgrade, presents_token, wants_html, "http")
+        admin_access = routes.admin_access
+        decision = decide(
+            visit, grant.user, grant.scopes, found, admin_access=admin_access, site=config.site
+        )
+        if decision is not ALLOW or found is None or not found[1] or "," in host:
+            # The hub's handler answers refusals and redirects, and refuses two Host headers.
             self._to_hub()
             return None
         route, rest = found
-        if not rest or not config.routes.allows(route, user.id, is_admin=user.is_admin):
-            self._to_hub()
-            return None
-        if ACCESS_SCOPE not in grant.scopes:
-            self._to_hub()
-            return None
-        method = request.method
-        upgrade = (
-            method == "GET"
-            and (request.fields.get("upgrade") or "").lower() == "websocket"
-            and "upgrade" in request.tokens("connection")
-        )
-        cookie_write = method not in _SAFE_METHODS and not presents_token
-        host = request.fields.get("host") or "127.0.0.1"
-        if (upgrade or cookie_write) and not self._origin_allowed(
-            request.fields.get("origin"), host
-        ):
-            self._to_hub()
-            return None
-        if "," in host:
-            self._to_hub()  # two Host headers: let the hub's handler refuse it
-            return None
-        hosts = config.auth.hosts
-        if hosts is not None and not hosts.may_serve(host, route.user):
-            self._to_hub()  # another user's path on this user's host: the hub refuses it
-            return None
         # What the proxy adds depends only on the route and the client: kept per connection.
         if self._forwarded_for is not route or self._forwarded_host != host:
             self._forwarded_for, self._forwarded_host = route, host
@@ -582,19 +566,6 @@ class _Client(Relay, Reader):
         self._memo_credential = self._credential
         self._memo_canonical, self._memo_pass = canonical, decided
         return decided
-
-    def _origin_allowed(self, origin: str | None, host: str) -> bool:
-        """The hub's own origin; on a user's host (subdomain mode), that host's own."""
-        config = self.config
-        hosts = config.auth.hosts
-        if hosts is not None and hosts.is_user_host(host):
-            return hosts.origin_allowed(origin, host)
-        return origin_allowed(
-            origin,
-            host=host,
-            scheme=config.public_scheme or "http",
-            public_origin=config.public_origin,
-        )
 
     def _to_hub(self) -> None:
         """Send the current request to the hub's own handlers, as the client sent it."""

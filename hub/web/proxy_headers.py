@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from tornado.httputil import HTTPHeaders
 
@@ -79,40 +78,6 @@ class Forwarded:
     prefix: str
     secret: str
     hub_cookies: frozenset[str]
-
-
-_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
-
-
-def _origin_of(scheme: str, netloc: str) -> str:
-    netloc = netloc.lower()
-    default = _DEFAULT_PORTS.get(scheme)
-    if default is not None and netloc.endswith(default):
-        netloc = netloc[: -len(default)]
-    return f"{scheme}://{netloc}"
-
-
-def origin_allowed(origin: str | None, *, host: str, scheme: str, public_origin: str) -> bool:
-    """Whether a request with this ``Origin`` comes from the hub's own pages.
-
-        origin_allowed("http://hub:8000", host="hub:8000", scheme="http", public_origin="")
-        # True; "https://hub:8000" on that http hub is another origin: False
-
-    Scheme, host and port must all match: the hub's public origin when
-    ``hub.public_url`` names one (behind a TLS-terminating proxy), or else the
-    scheme the hub is reached by (``scheme``) with the request's ``Host``. No
-    ``Origin`` at all means a client that is not a browser, which cannot be made
-    to carry someone else's cookies.
-    """
-    if origin is None:
-        return True
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return False
-    seen = _origin_of(parts.scheme, parts.netloc)
-    if public_origin and seen == _origin_of(*public_origin.split("://", 1)):
-        return True
-    return seen == _origin_of(scheme, host)
 
 
 def connection_tokens(headers: HTTPHeaders) -> frozenset[str]:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from hub.domain.access import Site
 from hub.domain.accounts import User
 from hub.domain.activity import ActivityTracker
 from hub.domain.routes import Route, RouteTable
@@ -73,6 +74,12 @@ class FrontConfig:
     max_connections_per_client: int = 256
     # WebSockets and streamed bodies, closed when their grant is revoked.
     tunnels: Tunnels | None = None
+    # What ``hub.domain.access.decide`` knows of the hub: made from the fields above.
+    site: Site = field(init=False)
+
+    def __post_init__(self) -> None:
+        site = Site(self.public_origin, self.public_scheme, self.auth.hosts)
+        object.__setattr__(self, "site", site)
 
 
 class Pass:
