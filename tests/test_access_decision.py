@@ -25,7 +25,7 @@ from tornado.websocket import websocket_connect
 from hub.domain.access import ALLOW, NO_SERVER, NOTHING_HERE, Refuse, Site, Visit, decide
 from hub.domain.accounts import DEFAULT_TOKEN_SCOPES, User, role_scopes
 from hub.domain.routes import Route, RouteTable
-from hub.web.user_hosts import UserHosts
+from hub.proxy.user_hosts import UserHosts
 from tests.test_proxy_security import (  # noqa: F401 - fixtures, used by name
     SecurityHub,
     Way,

@@ -29,7 +29,7 @@ Every request, plain or WebSocket, goes through the same steps:
 5. The time is noted for activity tracking (a dict store; the DB is written in
    batches elsewhere).
 6. A WebSocket, or a response that streams on, stays in the tunnel registry
-   (``hub.web.proxy_tunnels``) while it is open: it is closed within 2 s of its
+   (``hub.proxy.tunnels``) while it is open: it is closed within 2 s of its
    session or token being revoked or its route removed.
 
 A missing route, a stopped server or one that does not answer gives a page that
@@ -56,28 +56,28 @@ from hub.domain.access import Refuse, Site, Visit, decide
 from hub.domain.activity import ActivityTracker
 from hub.domain.errors import InvalidInput, LabdockError, Unauthorized
 from hub.domain.routes import Route, RouteTable, canonical_path, upstream_path
-from hub.web.base import BaseHandler, status_for
-from hub.web.deps import WebDeps
-from hub.web.pages import safe_next
-from hub.web.proxy_auth import Subject, hub_token
-from hub.web.proxy_front import CSP as _CSP
-from hub.web.proxy_front import PAGE as _PAGE
-from hub.web.proxy_front import front_proxy as front_proxy  # where hub.app builds it from
-from hub.web.proxy_headers import (
+from hub.proxy.auth import Subject, hub_token
+from hub.proxy.headers import (
     Forwarded,
     connection_tokens,
     request_framing,
     response_headers,
     upstream_headers,
 )
-from hub.web.proxy_tunnels import Tunnel, Tunnels
-from hub.web.proxy_upstream import (
+from hub.proxy.tunnels import Tunnel, Tunnels
+from hub.proxy.upstream import (
     UpstreamError,
     UpstreamExchange,
     UpstreamHead,
     UpstreamPool,
 )
-from hub.web.proxy_ws import WebSocketBridge
+from hub.proxy.ws import WebSocketBridge
+from hub.web.base import BaseHandler, status_for
+from hub.web.deps import WebDeps
+from hub.web.pages import safe_next
+from hub.web.proxy_front import CSP as _CSP
+from hub.web.proxy_front import PAGE as _PAGE
+from hub.web.proxy_front import front_proxy as front_proxy  # where hub.app builds it from
 
 Describe = Callable[[str, str], Awaitable[str | None]]
 """``describe(user_name, server_name)``: the server's state in words, or ``None`` if not running."""

@@ -1,4 +1,4 @@
-"""The handlers of subdomain mode (see ``hub.web.user_hosts`` for the flow).
+"""The handlers of subdomain mode (see ``hub.proxy.user_hosts`` for the flow).
 
     hosts = UserHosts.from_settings(settings, secret=secret)
     app = make_app(deps, secret, hub_host_routes(deps, hosts, routes))
@@ -29,18 +29,18 @@ from hub.domain.accounts import User, check_username
 from hub.domain.activity import ActivityTracker
 from hub.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from hub.domain.routes import RouteTable, canonical_path
-from hub.web.base import BaseHandler, authenticated_page
-from hub.web.deps import WebDeps
-from hub.web.proxy import ProxyHandler, ProxySettings
-from hub.web.proxy_tunnels import Tunnels
-from hub.web.proxy_upstream import UpstreamPool
-from hub.web.user_hosts import (
+from hub.proxy.tunnels import Tunnels
+from hub.proxy.upstream import UpstreamPool
+from hub.proxy.user_hosts import (
     AUTH_PATH,
     CALLBACK_PATH,
     STATE_SECONDS,
     UserHosts,
     host_name,
 )
+from hub.web.base import BaseHandler, authenticated_page
+from hub.web.deps import WebDeps
+from hub.web.proxy import ProxyHandler, ProxySettings
 
 Rules = list[tuple[str, type[tornado.web.RequestHandler], dict[str, object]]]
 

@@ -19,7 +19,7 @@ Only positive answers are kept: an unknown credential is never cached, so that
 it keeps being refused by the hub's own handler, which says why.
 
 In subdomain mode (``hosts``), a request to a user's host presents that host's
-own cookie instead of the hub's (``hub.web.user_hosts``): it names a hub
+own cookie instead of the hub's (``hub.proxy.user_hosts``): it names a hub
 session, and is looked up, kept and dropped exactly as the hub's cookie is.
 """
 
@@ -37,7 +37,7 @@ from hub.domain.access import ACCESS_SCOPE
 from hub.domain.accounts import TOKEN_PREFIX, Accounts, User, role_scopes
 
 if TYPE_CHECKING:
-    from hub.web.user_hosts import UserHosts
+    from hub.proxy.user_hosts import UserHosts
 
 
 Credential = tuple[str, str]

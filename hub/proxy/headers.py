@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from tornado.httputil import HTTPHeaders
 
-from hub.web.proxy_upstream import RequestBody
-from hub.web.proxy_wire import line_pattern
+from hub.proxy.upstream import RequestBody
+from hub.proxy.wire import line_pattern
 
 # Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, never the next.
 HOP_BY_HOP = frozenset(
@@ -239,7 +239,7 @@ def request_framing(headers: HTTPHeaders) -> RequestBody | None:
     return int(value)
 
 
-# The same rules over raw header lines, for the fast path (``hub.web.proxy_fast``):
+# The same rules over raw header lines, for the fast path (``hub.proxy.fast``):
 # one substitution drops every header that must not pass, whatever its case.
 _REQUEST_DROP = line_pattern(_NOT_FORWARDED)
 _RESPONSE_DROP = line_pattern(HOP_BY_HOP)

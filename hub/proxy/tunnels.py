@@ -37,7 +37,7 @@ from collections.abc import Callable
 from hub.domain.access import route_refusal
 from hub.domain.accounts import Accounts, User
 from hub.domain.routes import Route, RouteTable
-from hub.web.proxy_auth import Subject, look_up
+from hub.proxy.auth import Subject, look_up
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ Every connection on the public port lands here. For each request:
   up at most once per ``ProxyAuth.ttl`` and meanwhile kept in memory,
   the Origin rule for WebSocket upgrades and cookie writes) goes straight to
   the user's server over a pooled keep-alive connection, with the headers
-  ``proxy_headers`` decides, and the response body comes back byte for byte:
+  ``hub.proxy.headers`` decides, and the response body comes back byte for byte:
   bodies pass through in whatever pieces the sockets give, never whole, with
   back-pressure both ways. A WebSocket upgrade that the server accepts
   becomes a two-way byte pipe, so frames and close codes pass untouched.
@@ -25,7 +25,7 @@ Every connection on the public port lands here. For each request:
   private unix socket, which answer exactly as they would on their own.
 
 The response side of each connection (heads rewritten, bodies relayed, 101s
-turned into pipes, time limits) is ``hub.web.proxy_relay.Relay``.
+turned into pipes, time limits) is ``hub.proxy.relay.Relay``.
 
 Keep-alive clients repeat themselves, so each connection remembers its last
 head: header lines identical to the last request's, byte for byte, are not
@@ -51,21 +51,21 @@ from typing import cast
 from hub.domain.access import ALLOW, Visit, decide
 from hub.domain.errors import InvalidInput
 from hub.domain.routes import Route, canonical_path, upstream_path
-from hub.web.proxy_auth import Credential, Grant, hub_token
-from hub.web.proxy_headers import (
+from hub.proxy.auth import Credential, Grant, hub_token
+from hub.proxy.headers import (
     Forwarded,
     forwarded_block,
     hub_cookie_pattern,
     upstream_block,
 )
-from hub.web.proxy_pool import (
+from hub.proxy.pool import (
     WRITE_HIGH,
     WRITE_LOW,
     ConnectionPool,
     Reader,
     UpstreamConnection,
 )
-from hub.web.proxy_relay import (
+from hub.proxy.relay import (
     CLOSED,
     EXCHANGE,
     HEAD,
@@ -75,7 +75,7 @@ from hub.web.proxy_relay import (
     Pass,
     Relay,
 )
-from hub.web.proxy_wire import (
+from hub.proxy.wire import (
     KEEP_HEAD,
     NO_BODY,
     BodyScanner,
