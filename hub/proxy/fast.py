@@ -10,12 +10,11 @@
 Every connection on the public port lands here. For each request:
 
 - A request to ``/user/<name>/<server>/...`` that the hub would let through
-  as it is (the same checks as ``ProxyHandler.prepare``: canonical path, a
-  route, a grant that may use it with the ``access:servers`` scope, looked
-  up at most once per ``ProxyAuth.ttl`` and meanwhile kept in memory,
-  the Origin rule for WebSocket upgrades and cookie writes) goes straight to
-  the user's server over a pooled keep-alive connection, with the headers
-  ``hub.proxy.headers`` decides, and the response body comes back byte for byte:
+  as it is (``hub.domain.access.decide``, the hub handler's own rule, asked
+  by ``hub.proxy.gate.Gate`` with a grant looked up at most once per
+  ``ProxyAuth.ttl`` and meanwhile kept in memory) goes straight to the
+  user's server over a pooled keep-alive connection, with the head the gate
+  makes, and the response body comes back byte for byte:
   bodies pass through in whatever pieces the sockets give, never whole, with
   back-pressure both ways. A WebSocket upgrade that the server accepts
   becomes a two-way byte pipe, so frames and close codes pass untouched.
@@ -29,11 +28,9 @@ turned into pipes, time limits) is ``hub.proxy.relay.Relay``.
 
 Keep-alive clients repeat themselves, so each connection remembers its last
 head: header lines identical to the last request's, byte for byte, are not
-parsed or rewritten again, and a head identical in full gets the same pass
-again without its checks, as long as the grant cache returns the very same
-grant and the route table the very same route (both are replaced, never
-changed, so anything that would change the answer makes a new decision).
-Each upstream connection does the same with response heads.
+parsed again, and the gate passes a head identical in full again without its
+checks while nothing that would change the answer has changed (see
+``hub.proxy.gate``). Each upstream connection does the same with response heads.
 
 Requests whose framing is ambiguous (two lengths, a length and chunked, an
 encoding other than chunked), heads over ``max_header_size`` and anything
@@ -48,16 +45,9 @@ import logging
 import socket
 from typing import cast
 
-from hub.domain.access import ALLOW, Visit, decide
-from hub.domain.errors import InvalidInput
-from hub.domain.routes import Route, canonical_path, upstream_path
-from hub.proxy.auth import Credential, Grant, hub_token
-from hub.proxy.headers import (
-    Forwarded,
-    forwarded_block,
-    hub_cookie_pattern,
-    upstream_block,
-)
+from hub.proxy.auth import Grant
+from hub.proxy.gate import Gate
+from hub.proxy.headers import hub_cookie_pattern
 from hub.proxy.pool import (
     WRITE_HIGH,
     WRITE_LOW,
@@ -81,7 +71,6 @@ from hub.proxy.wire import (
     BodyScanner,
     Head,
     WireError,
-    body_length,
     line_pattern,
     parse_request,
     request_body,
@@ -102,8 +91,6 @@ _TOO_MANY = (
     % (len(_TOO_MANY_TEXT), _TOO_MANY_TEXT)
 )
 _NO_TOKENS: frozenset[str] = frozenset()
-# ``Connection`` values that name no header to drop beyond the hop-by-hop ones.
-_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
 
 
 class FrontProxy:
@@ -165,27 +152,10 @@ class _Client(Relay, Reader):
         self.counted = False
         self.head_since = 0.0
         self.tunnel = None
-        self._forwarded = b""
-        self._forwarded_for: Route | None = None
-        self._forwarded_host = ""
         self._session = front.session_cookie
-        # The last request head on this connection, and the last pass decided: a
-        # keep-alive client that repeats a head byte for byte (polling, a benchmark)
-        # gets the same pass while its grant and the route are the same objects.
+        self.gate = Gate(front.config)
+        # The last request head on this connection, for the next one to compare with.
         self._previous: Head | None = None
-        self._credential: Credential | None = None
-        self._memo_request: Head | None = None
-        self._memo_credential: Credential = ("", "")
-        self._memo_grant: Grant | None = None
-        self._memo_canonical = ""
-        self._memo_pass: Pass | None = None
-        # What the header lines of the last request said (kept while the next ones
-        # repeat them, as a browser's do whatever the path): see ``_read_block``.
-        self._block = b""
-        self._block_credential: Credential | None = None
-        self._block_token = False
-        self._block_html = False
-        self._block_upstream: bytes | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -422,33 +392,25 @@ class _Client(Relay, Reader):
         A grant that is not cached is looked up in the background, and the
         decision made again when it is known.
         """
-        target = request.target
         if request.version != "HTTP/1.1" or request.method not in _METHODS:
             self._to_hub()
             return None
-        if not target.startswith("/user/"):
+        if not request.target.startswith("/user/"):
             self._to_hub()
             return None
-        config = self.config
-        if request is self._memo_request:
-            memo = self._memo_pass
-            assert memo is not None
-            grant = config.auth.cached(self._memo_credential)
-            if grant is not None and grant is self._memo_grant:
-                found = config.routes.match(self._memo_canonical)
-                if found is not None and found[0] is memo.route:
-                    config.activity.record(memo.route.server_id)
-                    return memo
-        if request.block is not self._block:
-            self._read_block(request)
-        credential = self._credential = self._block_credential
+        gate = self.gate
+        repeated = gate.repeat(request)
+        if repeated is not None:
+            return repeated
+        credential = gate.credential(request)
         if credential is None:
             self._to_hub()
             return None
-        grant = config.auth.cached(credential)
+        auth = self.config.auth
+        grant = auth.cached(credential)
         if grant is None:
             self._pause_client()
-            task = self.loop.create_task(config.auth.resolve(credential))
+            task = self.loop.create_task(auth.resolve(credential))
             task.add_done_callback(self._resolved)
             return None
         return self._authorize(request, grant)
@@ -468,103 +430,12 @@ class _Client(Relay, Reader):
         if decided is not None:
             self._begin(decided)
 
-    def _read_block(self, request: Head) -> None:
-        """What the request's header lines say about its credential and what goes upstream."""
-        fields = request.fields
-        authorization = fields.get("authorization")
-        self._block = request.block
-        self._block_credential = self.config.auth.credential(
-            authorization, fields.get("cookie"), fields.get("host")
-        )
-        self._block_token = hub_token(authorization) is not None
-        self._block_html = "text/html" in (fields.get("accept") or "")
-        self._block_upstream = None  # made when first needed
-
     def _authorize(self, request: Head, grant: Grant) -> Pass | None:
-        """What ``hub.domain.access.decide`` allows passes; anything else goes to the hub."""
-        path, _, query = request.target.partition("?")
-        try:
-            canonical = canonical_path(path)
-        except InvalidInput:
+        """The gate's pass (kept for a repeat unless the head is too large), or to the hub."""
+        keep = request is self._previous
+        decided = self.gate.authorize(request, grant, body=self.req_body, peer=self.peer, keep=keep)
+        if decided is None:
             self._to_hub()
-            return None
-        if request.block is not self._block:
-            self._read_block(request)
-        presents_token = self._block_token
-        wants_html = not presents_token and self._block_html
-        config = self.config
-        routes = config.routes
-        found = routes.match(canonical)
-        method = request.method
-        fields = request.fields
-        upgrade = (
-            method == "GET"
-            and (fields.get("upgrade") or "").lower() == "websocket"
-            and "upgrade" in request.tokens("connection")
-        )
-        host = fields.get("host") or "127.0.0.1"
-        origin = fields.get("origin")
-        visit = Visit(method, canonical, host, origin, upgrade, presents_token, wants_html, "http")
-        admin_access = routes.admin_access
-        decision = decide(
-            visit, grant.user, grant.scopes, found, admin_access=admin_access, site=config.site
-        )
-        if decision is not ALLOW or found is None or not found[1] or "," in host:
-            # The hub's handler answers refusals and redirects, and refuses two Host headers.
-            self._to_hub()
-            return None
-        route, rest = found
-        # What the proxy adds depends only on the route and the client: kept per connection.
-        if self._forwarded_for is not route or self._forwarded_host != host:
-            self._forwarded_for, self._forwarded_host = route, host
-            forwarded = Forwarded(
-                host=host,
-                remote_ip=self.peer,
-                proto=config.public_scheme or "http",
-                prefix=route.prefix[:-1],
-                secret=route.secret,
-                hub_cookies=config.hub_cookies,
-            )
-            self._forwarded = forwarded_block(forwarded)
-        target = upstream_path(path, rest, route)
-        if query or request.target.endswith("?"):
-            target += "?" + query
-        passed = self._block_upstream
-        if passed is None:
-            connection = request.fields.get("connection")
-            if connection is not None and connection.lower() in _PLAIN_CONNECTION:
-                connection = None  # names no other header: nothing more to drop
-            passed = self._block_upstream = upstream_block(
-                request.block,
-                connection=connection,
-                cookie=request.fields.get("cookie"),
-                hub_cookies=config.hub_cookies,
-            )
-        parts = [
-            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n".encode("latin1"),
-            passed,
-            self._forwarded,
-        ]
-        body = self.req_body
-        if upgrade:
-            parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
-        if body.is_chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        else:
-            length = request.fields.get("content-length")
-            if length is not None:
-                parts.append(b"Content-Length: %d\r\n" % body_length(length))
-            elif method in ("POST", "PUT", "PATCH"):
-                parts.append(b"Content-Length: 0\r\n")
-        parts.append(b"\r\n")
-        config.activity.record(route.server_id)
-        decided = Pass(route, b"".join(parts), upgrade, grant, wants_html)
-        if request is not self._previous:
-            return decided  # too large to keep
-        assert self._credential is not None
-        self._memo_request, self._memo_grant = request, grant
-        self._memo_credential = self._credential
-        self._memo_canonical, self._memo_pass = canonical, decided
         return decided
 
     def _to_hub(self) -> None:
