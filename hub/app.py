@@ -68,6 +68,9 @@ from hub.images.build import latest_tag
 from hub.images.manifest import images_dir, load_all
 from hub.images.store import EngineImages
 from hub.passwords import Argon2Hasher
+from hub.proxy.fast import FrontProxy
+from hub.proxy.upstream import UpstreamPool
+from hub.proxy.user_hosts import UserHosts
 from hub.web import (
     admin_api,
     admin_pages,
@@ -86,10 +89,7 @@ from hub.web import (
 from hub.web.deps import WebDeps
 from hub.web.metrics import HubMetrics, MetricsHandler
 from hub.web.proxy import front_proxy, proxy_routes
-from hub.web.proxy_fast import FrontProxy
-from hub.web.proxy_upstream import UpstreamPool
 from hub.web.user_host_pages import hub_host_routes, user_host_rules
-from hub.web.user_hosts import UserHosts
 
 log = logging.getLogger(__name__)
 

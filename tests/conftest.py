@@ -91,7 +91,9 @@ def sweep_session_hubs(client: docker.DockerClient) -> None:
     leftovers = []
     test = {"label": ["labdock.test=1"]}
     kinds: list[tuple[str, Any, Any]] = [
-        ("container", client.containers.list(all=True, filters=test),
+        # sparse: no inspect per container, which fails for one removed meanwhile
+        # (by its own hub, or by another session sharing the engine).
+        ("container", client.containers.list(all=True, filters=test, sparse=True),
          lambda c: c.remove(force=True)),
         ("volume", client.volumes.list(filters=test), lambda v: v.remove(force=True)),
         ("network", client.networks.list(filters=test), lambda n: n.remove()),

@@ -16,7 +16,7 @@ from hub.config import Settings
 from hub.db.schema import ServerRow
 from hub.domain.activity import ActivityTracker, flush, flush_forever
 from hub.domain.routes import Route
-from hub.web.proxy_pool import UpstreamConnection
+from hub.proxy.pool import UpstreamConnection
 
 
 class FakeClock:

@@ -35,10 +35,10 @@ from hub.config import BackendSettings, DbSettings, HubSettings, Settings
 from hub.domain.accounts import Accounts
 from hub.domain.activity import ActivityTracker
 from hub.domain.routes import Route, RouteTable
+from hub.proxy.fast import FrontProxy
+from hub.proxy.pool import ConnectionPool
+from hub.proxy.upstream import UpstreamPool
 from hub.web.proxy import front_proxy, proxy_routes
-from hub.web.proxy_fast import FrontProxy
-from hub.web.proxy_pool import ConnectionPool
-from hub.web.proxy_upstream import UpstreamPool
 from tests.busybox_image import ensure_test_image
 from tests.conftest import RunningHub
 from tests.test_web import Browser

@@ -15,9 +15,9 @@ from tornado.web import create_signed_value
 from hub.domain.accounts import USER_SCOPES, TokenGrant, User
 from hub.domain.activity import ActivityTracker
 from hub.domain.routes import RouteTable
-from hub.web.proxy_auth import ProxyAuth
-from hub.web.proxy_fast import FrontProxy
-from hub.web.proxy_headers import (
+from hub.proxy.auth import ProxyAuth
+from hub.proxy.fast import FrontProxy
+from hub.proxy.headers import (
     Forwarded,
     forwarded_block,
     hub_cookie_pattern,
@@ -26,9 +26,9 @@ from hub.web.proxy_headers import (
     upstream_block,
     upstream_headers,
 )
-from hub.web.proxy_pool import ConnectionPool
-from hub.web.proxy_relay import FrontConfig
-from hub.web.proxy_wire import BodyScanner, WireError, parse_request, parse_response
+from hub.proxy.pool import ConnectionPool
+from hub.proxy.relay import FrontConfig
+from hub.proxy.wire import BodyScanner, WireError, parse_request, parse_response
 
 # Wire ---------------------------------------------------------------------------------
 

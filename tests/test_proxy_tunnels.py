@@ -11,12 +11,13 @@ import asyncio
 import pytest
 
 from hub.config import load_settings
+from hub.domain.access import origin_allowed
 from hub.domain.accounts import TokenGrant, User
 from hub.domain.errors import ConfigError
 from hub.domain.routes import Route, RouteTable
-from hub.web.proxy_headers import Forwarded, forwarded_block, origin_allowed, upstream_block
-from hub.web.proxy_tunnels import Tunnels
-from hub.web.proxy_wire import parse_request
+from hub.proxy.headers import Forwarded, forwarded_block, upstream_block
+from hub.proxy.tunnels import Tunnels
+from hub.proxy.wire import parse_request
 
 BOB = User(id=2, name="bob")
 ROOT = User(id=9, name="root", is_admin=True)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from hub.web.proxy_upstream import UpstreamError, UpstreamPool
+from hub.proxy.upstream import UpstreamError, UpstreamPool
 
 
 def free_port() -> int:

@@ -32,7 +32,7 @@ from hub.app import Hub, build_hub
 from hub.config import Settings, load_settings
 from hub.domain.errors import ConfigError, InvalidInput
 from hub.domain.routes import Route
-from hub.web.user_hosts import AuthCodes, UserHosts, host_label, label_owner
+from hub.proxy.user_hosts import AuthCodes, UserHosts, host_label, label_owner
 
 PASSWORD = "correct horse"
 SECRET = b"test-" + b"x" * 40

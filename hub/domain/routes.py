@@ -131,7 +131,7 @@ class RouteTable:
 
     ``admin_access`` (the ``hub.admin_access`` setting, off by default) lets admins
     open every user's server through the proxy. Every path of the proxy asks
-    ``allows``, so the rule has one home.
+    ``hub.domain.access.decide``, which applies it with ``Route.may_access``.
     """
 
     def __init__(self, *, admin_access: bool = False) -> None:

@@ -15,13 +15,11 @@ Every request, plain or WebSocket, goes through the same steps:
    a path that cannot be (encoded slashes, ``;``, backslashes, ``..`` above the
    root) is refused with 400.
 2. Who asks: ``BaseHandler.prepare`` sets ``self.user`` from the session cookie
-   or an API token (which must hold the ``access:servers`` scope). Nobody: a
-   browser is sent to the login page, an API client gets 401. Somebody the
-   route does not let in (``RouteTable.allows``: admins only with the
-   ``hub.admin_access`` setting) gets the same 404 as for a stopped server or
-   one that does not exist, so that nobody learns which of others' servers run.
-   WebSocket upgrades, and writes made with a cookie, must come from the hub's
-   own origin (scheme, host and port): 403 if not.
+   or an API token. Whether they may: ``hub.domain.access.decide``, the one
+   rule every path of the proxy asks (login or 401 for nobody, the same 404 for
+   every server one may not open, 503 for one's own stopped server, 403 for a
+   token without ``access:servers`` and for cross-site upgrades and cookie
+   writes). This handler only carries its answer out.
 3. The request goes upstream with the server's secret as its only credential:
    the client's ``Authorization`` is replaced, and the hub's session and XSRF
    cookies are taken out of ``Cookie``, so a server shared with a visitor never
@@ -31,7 +29,7 @@ Every request, plain or WebSocket, goes through the same steps:
 5. The time is noted for activity tracking (a dict store; the DB is written in
    batches elsewhere).
 6. A WebSocket, or a response that streams on, stays in the tunnel registry
-   (``hub.web.proxy_tunnels``) while it is open: it is closed within 2 s of its
+   (``hub.proxy.tunnels``) while it is open: it is closed within 2 s of its
    session or token being revoked or its route removed.
 
 A missing route, a stopped server or one that does not answer gives a page that
@@ -53,40 +51,38 @@ from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketHandler
 
+from hub.domain.access import NO_SERVER as NO_SERVER
+from hub.domain.access import Refuse, Site, Visit, decide
 from hub.domain.activity import ActivityTracker
-from hub.domain.errors import InvalidInput, LabdockError
+from hub.domain.errors import InvalidInput, LabdockError, Unauthorized
 from hub.domain.routes import Route, RouteTable, canonical_path, upstream_path
-from hub.web.base import BaseHandler, status_for
-from hub.web.deps import WebDeps
-from hub.web.pages import safe_next
-from hub.web.proxy_auth import ACCESS_SCOPE, Subject, hub_token
-from hub.web.proxy_front import CSP as _CSP
-from hub.web.proxy_front import PAGE as _PAGE
-from hub.web.proxy_front import front_proxy as front_proxy  # where hub.app builds it from
-from hub.web.proxy_headers import (
+from hub.proxy.auth import Subject, hub_token
+from hub.proxy.headers import (
     Forwarded,
     connection_tokens,
-    origin_allowed,
     request_framing,
     response_headers,
     upstream_headers,
 )
-from hub.web.proxy_tunnels import Tunnel, Tunnels
-from hub.web.proxy_upstream import (
+from hub.proxy.tunnels import Tunnel, Tunnels
+from hub.proxy.upstream import (
     UpstreamError,
     UpstreamExchange,
     UpstreamHead,
     UpstreamPool,
 )
-from hub.web.proxy_ws import WebSocketBridge
+from hub.proxy.ws import WebSocketBridge
+from hub.web.base import BaseHandler, status_for
+from hub.web.deps import WebDeps
+from hub.web.pages import safe_next
+from hub.web.proxy_front import CSP as _CSP
+from hub.web.proxy_front import PAGE as _PAGE
+from hub.web.proxy_front import front_proxy as front_proxy  # where hub.app builds it from
 
 Describe = Callable[[str, str], Awaitable[str | None]]
 """``describe(user_name, server_name)``: the server's state in words, or ``None`` if not running."""
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# One answer, whatever the reason, to whoever may not open a server at an address:
-# another user's running or stopped server, or none at all.
-NO_SERVER = "There is no server you may open at this address."
 
 
 @dataclass(frozen=True)
@@ -99,8 +95,8 @@ class ProxySettings:
     describe: Describe | None
     page: Template
     max_body_size: int
-    public_origin: str  # "https://hub.example.org", or "" when hub.public_url is unset
-    public_scheme: str
+    site: Site  # what ``decide`` knows of the hub: its public origin, user hosts
+    public_scheme: str  # "https", or "" when hub.public_url is unset
     hub_cookies: frozenset[str]  # never sent upstream
     ws_handshake_timeout: float
     tunnels: Tunnels
@@ -133,7 +129,10 @@ def proxy_routes(
         describe=describe,
         page=deps.templates.from_string(_PAGE),
         max_body_size=max_body_size,
-        public_origin=f"{public.scheme}://{public.netloc}".lower() if public.netloc else "",
+        site=Site(
+            public_origin=f"{public.scheme}://{public.netloc}".lower() if public.netloc else "",
+            public_scheme=public.scheme if public.netloc else "",
+        ),
         public_scheme=public.scheme if public.netloc else "",
         hub_cookies=frozenset({deps.session_cookie, "_xsrf"}),
         ws_handshake_timeout=ws_handshake_timeout,
@@ -184,7 +183,10 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
 
     async def prepare(self) -> None:
         self._transforms = []  # no gzip by the hub: bytes go out as the server sent them
-        await super().prepare()
+        try:
+            await super().prepare()  # who asks: self.user and self.scopes
+        except Unauthorized:
+            self.user, self.scopes = None, frozenset()  # a bad token: ``decide`` says so
         request = self.request
         try:
             path = canonical_path(request.path)
@@ -192,42 +194,44 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
             self._refuse(400, exc.message)
             return
         found = self.proxy.routes.match(path)
-        user = self.user
-        if user is None:
-            self._login_or_401(path)
+        headers = request.headers
+        by_token = self._presented_token() is not None
+        visit = Visit(
+            method=request.method or "",
+            path=path,
+            host=request.host,
+            origin=headers.get("Origin"),
+            # Without "Connection: upgrade" it is a plain GET; Upgrade is hop-by-hop.
+            upgrade=(
+                request.method == "GET"
+                and headers.get("Upgrade", "").lower() == "websocket"
+                and "upgrade" in connection_tokens(headers)
+            ),
+            by_token=by_token,
+            wants_html=not by_token and "text/html" in headers.get("Accept", ""),
+            scheme=request.protocol,
+        )
+        routes = self.proxy.routes
+        decision = decide(
+            visit,
+            self.user,
+            self.scopes,
+            found,
+            admin_access=routes.admin_access,
+            site=self.proxy.site,
+        )
+        if isinstance(decision, Refuse):
+            await self._refused(decision, path)
             return
-        if user.must_change_password and self._wants_html:
-            self.redirect("/hub/password")
-            return
-        if found is None:
-            await self._not_running(path)
-            return
+        assert found is not None
         route, rest = found
-        if not self.proxy.routes.allows(route, user.id, is_admin=user.is_admin):
-            self._refuse(404, NO_SERVER)
-            return
-        if ACCESS_SCOPE not in self.scopes:
-            self._refuse(403, f"this token lacks the {ACCESS_SCOPE!r} scope")
-            return
         if not rest:
             self._add_slash(route)
-            return
-        headers = request.headers
-        # Without "Connection: upgrade" it is a plain GET; Upgrade is hop-by-hop.
-        upgrade = (
-            request.method == "GET"
-            and headers.get("Upgrade", "").lower() == "websocket"
-            and "upgrade" in connection_tokens(headers)
-        )
-        # Cookies ride along on cross-site requests; tokens in a header do not.
-        cookie_write = request.method not in _SAFE_METHODS and self._presented_token() is None
-        if (upgrade or cookie_write) and not self._origin_allowed():
-            self._refuse(403, "requests from another site are not allowed here")
             return
         self._route = route
         self._rest = rest
         self.proxy.activity.record(route.server_id)
-        if upgrade:
+        if visit.upgrade:
             self._websocket = True
             return
         await self._start_upstream(route)
@@ -241,18 +245,9 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
         headers = self.request.headers
         return self._presented_token() is None and "text/html" in headers.get("Accept", "")
 
-    def _origin_allowed(self) -> bool:
-        """Requests from browsers must come from the hub's own pages (``origin_allowed``)."""
-        request = self.request
-        return origin_allowed(
-            request.headers.get("Origin"),
-            host=request.host,
-            scheme=self.proxy.public_scheme or request.protocol,
-            public_origin=self.proxy.public_origin,
-        )
-
     def check_origin(self, origin: str) -> bool:
-        return self._origin_allowed()
+        # ``decide`` applied the Origin rule in ``prepare``, before any upgrade.
+        return True
 
     # Revocation ---------------------------------------------------------------
 
@@ -300,37 +295,41 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
     def on_finish(self) -> None:
         self._unwatch()
 
-    def _login_or_401(self, path: str) -> None:
-        if self._wants_html and self.request.method in ("GET", "HEAD"):
-            query = self.request.query
-            self.redirect(self.login_url_for(safe_next(path + ("?" + query if query else ""))))
-            return
-        self._refuse(401, "log in, or send an API token in the Authorization header")
+    async def _refused(self, refused: Refuse, path: str) -> None:
+        """Answer what ``decide`` refused: a redirect for a browser where it says so."""
+        if refused.login:
+            self._log_in(path)
+        elif refused.password:
+            self.redirect("/hub/password")
+        elif refused.owner:
+            await self._not_running(path, refused)
+        else:
+            self._refuse(refused.status, refused.reason)
+
+    def _log_in(self, path: str) -> None:
+        query = self.request.query
+        self.redirect(self.login_url_for(safe_next(path + ("?" + query if query else ""))))
 
     def _add_slash(self, route: Route) -> None:
         query = self.request.query
         target = route.prefix + ("?" + query if query else "")
         self.redirect(target, status=302 if self.request.method in _SAFE_METHODS else 307)
 
-    async def _not_running(self, path: str) -> None:
-        user = self.user
-        assert user is not None
-        if not path.startswith("/user/") or path == "/user/":
-            self._refuse(404, "There is nothing at this address.")
-            return
-        owner, _, rest = path[len("/user/") :].partition("/")
-        if user.name != owner and not (user.is_admin and self.proxy.routes.admin_access):
-            # Say nothing about other people's servers: the answer of a running one.
-            self._refuse(404, NO_SERVER)
-            return
+    async def _not_running(self, path: str, refused: Refuse) -> None:
+        """The caller's own server is not running: say in what state it is."""
+        owner = refused.owner
+        rest = path[len("/user/") + len(owner) + 1 :]
         server, state = rest.split("/", 1)[0], None
         describe = self.proxy.describe
-        if describe is not None and server:
+        if describe is None:
+            self._refuse(503, refused.reason, start=True)
+            return
+        if server:
             state = await describe(owner, server)
         if state is None:
             # /user/alice/lab/ may be the named server "lab" or a path on the default one.
             server = ""
-            state = await describe(owner, "") if describe is not None else None
+            state = await describe(owner, "")
         what = f"{owner}'s server {server!r}" if server else f"{owner}'s server"
         self._refuse(503, f"{what} is {state or 'not running'}.", start=True)
 

@@ -1,4 +1,4 @@
-"""The front's wiring: a ``FrontProxy`` (``hub.web.proxy_fast``) built from the hub's settings.
+"""The front's wiring: a ``FrontProxy`` (``hub.proxy.fast``) built from the hub's settings.
 
     front = front_proxy(deps, routes, activity, hub="unix:/run/labdock/hub.sock",
                         cookie_secret=secret)
@@ -20,13 +20,13 @@ from jinja2 import Template
 from hub.domain.accounts import User
 from hub.domain.activity import ActivityTracker
 from hub.domain.routes import RouteTable
+from hub.proxy.auth import ProxyAuth
+from hub.proxy.fast import FrontProxy
+from hub.proxy.pool import ConnectionPool
+from hub.proxy.relay import FrontConfig, Refuse
+from hub.proxy.tunnels import Tunnels
+from hub.proxy.user_hosts import UserHosts
 from hub.web.deps import WebDeps
-from hub.web.proxy_auth import ProxyAuth
-from hub.web.proxy_fast import FrontProxy
-from hub.web.proxy_pool import ConnectionPool
-from hub.web.proxy_relay import FrontConfig, Refuse
-from hub.web.proxy_tunnels import Tunnels
-from hub.web.user_hosts import UserHosts
 
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'"
 
@@ -54,7 +54,7 @@ def front_proxy(
     auth_ttl: float = 2.0,
     hosts: UserHosts | None = None,
 ) -> FrontProxy:
-    """The fast path in front of the hub's handlers (see ``hub.web.proxy_fast``).
+    """The fast path in front of the hub's handlers (see ``hub.proxy.fast``).
 
     ``hub`` is where the tornado application listens for what the front does
     not answer itself (``unix:/path``); that listener must trust ``X-Real-Ip``
@@ -65,7 +65,7 @@ def front_proxy(
     ``proxy_routes``). ``hub.request_head_timeout`` and
     ``hub.max_connections_per_client`` bound slow and piled-up connections.
     With ``hosts`` (subdomain mode), ``/user/`` paths pass only on their
-    owner's host (``hub.web.user_hosts``).
+    owner's host (``hub.proxy.user_hosts``).
     """
     hub_settings = deps.settings.hub
     public = urlsplit(hub_settings.public_url)

@@ -1,4 +1,4 @@
-"""The handlers of subdomain mode (see ``hub.web.user_hosts`` for the flow).
+"""The handlers of subdomain mode (see ``hub.proxy.user_hosts`` for the flow).
 
     hosts = UserHosts.from_settings(settings, secret=secret)
     app = make_app(deps, secret, hub_host_routes(deps, hosts, routes))
@@ -24,22 +24,23 @@ from urllib.parse import urlencode
 
 import tornado.web
 
+from hub.domain.access import Site, may_enter_host
 from hub.domain.accounts import User, check_username
 from hub.domain.activity import ActivityTracker
 from hub.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from hub.domain.routes import RouteTable, canonical_path
-from hub.web.base import BaseHandler, authenticated_page
-from hub.web.deps import WebDeps
-from hub.web.proxy import ProxyHandler, ProxySettings
-from hub.web.proxy_tunnels import Tunnels
-from hub.web.proxy_upstream import UpstreamPool
-from hub.web.user_hosts import (
+from hub.proxy.tunnels import Tunnels
+from hub.proxy.upstream import UpstreamPool
+from hub.proxy.user_hosts import (
     AUTH_PATH,
     CALLBACK_PATH,
     STATE_SECONDS,
     UserHosts,
     host_name,
 )
+from hub.web.base import BaseHandler, authenticated_page
+from hub.web.deps import WebDeps
+from hub.web.proxy import ProxyHandler, ProxySettings
 
 Rules = list[tuple[str, type[tornado.web.RequestHandler], dict[str, object]]]
 
@@ -70,17 +71,6 @@ _PAGE = """<!doctype html>
 </body>
 </html>
 """
-
-
-def may_use_servers_of(user: User, owner: str, routes: RouteTable) -> bool:
-    """Whether ``user`` may be let onto ``owner``'s host at all: the owner, anyone a
-    running server of the owner's is shared with, and admins when admin access is on
-    (``RouteTable.allows``, the proxy's own rule)."""
-    if user.name == owner:
-        return True
-    return any(
-        r.user == owner and routes.allows(r, user.id, is_admin=user.is_admin) for r in routes
-    )
 
 
 # On the hub's host ----------------------------------------------------------------
@@ -114,7 +104,8 @@ class UserAuthHandler(BaseHandler):
         if raw is None or session_user is None or session_user.id != user.id:
             # A token (with or without someone's cookie beside it) opens no user host.
             raise Unauthorized("sign in with a browser: an API token opens no user host")
-        if not may_use_servers_of(user, owner, self.routes):
+        routes = self.routes
+        if not may_enter_host(user, owner, routes, admin_access=routes.admin_access):
             raise Forbidden(
                 f"{user.name} may not use {owner}'s servers: they are not shared with them."
             )
@@ -251,18 +242,6 @@ class UserHostProxyHandler(ProxyHandler):
         super().initialize(deps, proxy)
         self.hosts = hosts
 
-    async def prepare(self) -> None:
-        owner = self.hosts.owner_of(self.request.host)
-        try:
-            path = canonical_path(self.request.path)
-        except InvalidInput:
-            path = ""  # ProxyHandler refuses it, saying why
-        if path and (owner is None or path[len("/user/") :].split("/", 1)[0] != owner):
-            self._transforms = []
-            self._refuse(404, "There is nothing at this address.")
-            return
-        await super().prepare()
-
     async def _user_from_cookie(self) -> User | None:
         # Only this host's cookie counts here; the hub's own is never sent to it.
         session = self.hosts.session_in(self.request.host, self.request.headers.get("Cookie"))
@@ -270,28 +249,24 @@ class UserHostProxyHandler(ProxyHandler):
             return None
         return await self.deps.accounts.session_user(session)
 
-    def _login_or_401(self, path: str) -> None:
+    def _log_in(self, path: str) -> None:
+        """Send the browser through the hub's sign-in for this host (``decide`` said so)."""
         hosts = self.hosts
         owner = hosts.owner_of(self.request.host)
-        if self._wants_html and self.request.method in ("GET", "HEAD") and owner is not None:
-            state = secrets.token_urlsafe(24)
-            self.set_cookie(
-                hosts.state_cookie,
-                state,
-                path="/",
-                httponly=True,
-                samesite="Lax",
-                secure=hosts.secure,
-                max_age=STATE_SECONDS,
-            )
-            next_url = hosts.origin_of(owner) + (self.request.uri or path)
-            query = urlencode({"next": next_url, "state": state})
-            self.redirect(f"{hosts.hub_origin}{AUTH_PATH}?{query}")
-            return
-        self._refuse(401, "sign in through the hub first, or send an API token")
-
-    def _origin_allowed(self) -> bool:
-        return self.hosts.origin_allowed(self.request.headers.get("Origin"), self.request.host)
+        assert owner is not None  # ``decide`` answers 404 on any other host
+        state = secrets.token_urlsafe(24)
+        self.set_cookie(
+            hosts.state_cookie,
+            state,
+            path="/",
+            httponly=True,
+            samesite="Lax",
+            secure=hosts.secure,
+            max_age=STATE_SECONDS,
+        )
+        next_url = hosts.origin_of(owner) + (self.request.uri or path)
+        query = urlencode({"next": next_url, "state": state})
+        self.redirect(f"{hosts.hub_origin}{AUTH_PATH}?{query}")
 
     def xsrf_form_html(self) -> str:
         return ""  # no hub form on a user host: and no hub XSRF cookie set here either
@@ -317,7 +292,7 @@ def user_host_rules(
         describe=None,
         page=deps.templates.from_string(_PAGE, globals={"hub": hosts.hub_origin}),
         max_body_size=max_body_size,
-        public_origin="",  # the hub's origin is not a user host's: see _origin_allowed
+        site=Site(public_origin="", public_scheme=hosts.scheme, hosts=hosts),
         public_scheme=hosts.scheme,
         hub_cookies=frozenset({deps.session_cookie, "_xsrf", hosts.cookie, hosts.state_cookie}),
         ws_handshake_timeout=ws_handshake_timeout,

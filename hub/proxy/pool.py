@@ -25,7 +25,7 @@ from collections import deque
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
-from hub.web.proxy_wire import Head
+from hub.proxy.wire import Head
 
 # Large enough that a fast reader never waits on pause/resume churn, small
 # enough that a slow reader holds little of a big transfer in the hub's memory.

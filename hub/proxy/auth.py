@@ -19,7 +19,7 @@ Only positive answers are kept: an unknown credential is never cached, so that
 it keeps being refused by the hub's own handler, which says why.
 
 In subdomain mode (``hosts``), a request to a user's host presents that host's
-own cookie instead of the hub's (``hub.web.user_hosts``): it names a hub
+own cookie instead of the hub's (``hub.proxy.user_hosts``): it names a hub
 session, and is looked up, kept and dropped exactly as the hub's cookie is.
 """
 
@@ -33,19 +33,18 @@ from typing import TYPE_CHECKING
 from tornado.httputil import parse_cookie
 from tornado.web import decode_signed_value
 
+from hub.domain.access import ACCESS_SCOPE
 from hub.domain.accounts import TOKEN_PREFIX, Accounts, User, role_scopes
 
 if TYPE_CHECKING:
-    from hub.web.user_hosts import UserHosts
+    from hub.proxy.user_hosts import UserHosts
 
-# The scope a token needs to reach user servers; every user's session holds it.
-ACCESS_SCOPE = "access:servers"
 
 Credential = tuple[str, str]
 """``("token", value)``, ``("session", signed cookie value)`` or, on a user host,
 ``("host", hub session id)`` (its cookie already checked for that host)."""
 # What a user host's cookie lets through: that host's servers, nothing of the hub's.
-_HOST_SCOPES = frozenset({"access:servers"})
+_HOST_SCOPES = frozenset({ACCESS_SCOPE})
 
 Subject = tuple[str, str]
 """What a grant was looked up for, as the DB knows it: ``("token", value)``,

@@ -37,7 +37,7 @@ from tornado.websocket import (
     websocket_connect,
 )
 
-from hub.web.proxy_upstream import (
+from hub.proxy.upstream import (
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,

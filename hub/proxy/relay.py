@@ -1,11 +1,11 @@
 """The upstream half of a front connection: responses relayed back, then the next request.
 
-    class _Client(Relay, Reader): ...          # hub.web.proxy_fast: the client half
+    class _Client(Relay, Reader): ...          # hub.proxy.fast: the client half
     conn.attach(client)                        # client.upstream_data(...) from now on
 
-``hub.web.proxy_fast`` reads requests and sends them on; this module takes
+``hub.proxy.fast`` reads requests and sends them on; this module takes
 what comes back from a user server (or from the hub's own handlers) to the
-client: the response head, rewritten by ``proxy_headers`` rules for a user
+client: the response head, rewritten by ``hub.proxy.headers`` rules for a user
 server and passed as it is from the hub, the body in whatever pieces arrive
 (bodies of known length as views of the shared receive buffer), a 101 that
 turns both sockets into one pipe, and the failures: a server that goes
@@ -20,16 +20,17 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from hub.domain.access import Site
 from hub.domain.accounts import User
 from hub.domain.activity import ActivityTracker
 from hub.domain.routes import Route, RouteTable
-from hub.web.proxy_auth import Grant, ProxyAuth
-from hub.web.proxy_headers import response_block, response_header_lines
-from hub.web.proxy_pool import ConnectionPool, UpstreamConnection, write_view
-from hub.web.proxy_tunnels import Tunnel, Tunnels
-from hub.web.proxy_wire import (
+from hub.proxy.auth import Grant, ProxyAuth
+from hub.proxy.headers import response_block, response_header_lines
+from hub.proxy.pool import ConnectionPool, UpstreamConnection, write_view
+from hub.proxy.tunnels import Tunnel, Tunnels
+from hub.proxy.wire import (
     KEEP_HEAD,
     NO_BODY,
     BodyScanner,
@@ -73,6 +74,12 @@ class FrontConfig:
     max_connections_per_client: int = 256
     # WebSockets and streamed bodies, closed when their grant is revoked.
     tunnels: Tunnels | None = None
+    # What ``hub.domain.access.decide`` knows of the hub: made from the fields above.
+    site: Site = field(init=False)
+
+    def __post_init__(self) -> None:
+        site = Site(self.public_origin, self.public_scheme, self.auth.hosts)
+        object.__setattr__(self, "site", site)
 
 
 class Pass:
@@ -92,7 +99,7 @@ class Pass:
 
 
 class Relay:
-    """The upstream half of ``proxy_fast._Client``: everything an upstream socket reports.
+    """The upstream half of ``hub.proxy.fast._Client``: everything an upstream socket reports.
 
     A mixin: the attributes below are the client connection's, set by its
     ``__init__``, and the methods it names last are the client half's.
@@ -448,7 +455,7 @@ class Relay:
         # The watchdog stays armed for the next request on this connection; it
         # disarms itself when it finds the connection idle.
 
-    # The client half's, in proxy_fast ---------------------------------------------
+    # The client half's, in hub.proxy.fast -------------------------------------------
 
     def abort(self) -> None:
         raise NotImplementedError

@@ -16,12 +16,11 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from tornado.httputil import HTTPHeaders
 
-from hub.web.proxy_upstream import RequestBody
-from hub.web.proxy_wire import line_pattern
+from hub.proxy.upstream import RequestBody
+from hub.proxy.wire import line_pattern
 
 # Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection, never the next.
 HOP_BY_HOP = frozenset(
@@ -79,40 +78,6 @@ class Forwarded:
     prefix: str
     secret: str
     hub_cookies: frozenset[str]
-
-
-_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
-
-
-def _origin_of(scheme: str, netloc: str) -> str:
-    netloc = netloc.lower()
-    default = _DEFAULT_PORTS.get(scheme)
-    if default is not None and netloc.endswith(default):
-        netloc = netloc[: -len(default)]
-    return f"{scheme}://{netloc}"
-
-
-def origin_allowed(origin: str | None, *, host: str, scheme: str, public_origin: str) -> bool:
-    """Whether a request with this ``Origin`` comes from the hub's own pages.
-
-        origin_allowed("http://hub:8000", host="hub:8000", scheme="http", public_origin="")
-        # True; "https://hub:8000" on that http hub is another origin: False
-
-    Scheme, host and port must all match: the hub's public origin when
-    ``hub.public_url`` names one (behind a TLS-terminating proxy), or else the
-    scheme the hub is reached by (``scheme``) with the request's ``Host``. No
-    ``Origin`` at all means a client that is not a browser, which cannot be made
-    to carry someone else's cookies.
-    """
-    if origin is None:
-        return True
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return False
-    seen = _origin_of(parts.scheme, parts.netloc)
-    if public_origin and seen == _origin_of(*public_origin.split("://", 1)):
-        return True
-    return seen == _origin_of(scheme, host)
 
 
 def connection_tokens(headers: HTTPHeaders) -> frozenset[str]:
@@ -274,7 +239,7 @@ def request_framing(headers: HTTPHeaders) -> RequestBody | None:
     return int(value)
 
 
-# The same rules over raw header lines, for the fast path (``hub.web.proxy_fast``):
+# The same rules over raw header lines, for the fast path (``hub.proxy.fast``):
 # one substitution drops every header that must not pass, whatever its case.
 _REQUEST_DROP = line_pattern(_NOT_FORWARDED)
 _RESPONSE_DROP = line_pattern(HOP_BY_HOP)

@@ -17,7 +17,7 @@ subject, bypassing ``ProxyAuth``'s cache, since a revocation may come from
 another process (the CLI), and closes the connections whose grant is gone
 (logged out, session ended by a password change, user disabled, token revoked
 or expired), no longer holds ``access:servers``, or may no longer reach the
-route (``RouteTable.allows``: an admin demoted, a share withdrawn). A route
+route (``hub.domain.access.route_refusal``: an admin demoted, a share withdrawn). A route
 that is removed (its server stopped) or moved to another target closes its
 connections at once, as do ``revoke_user`` and ``revoke_subject``. The bound
 is therefore ``interval`` plus one DB round trip: under 2 s by default.
@@ -34,9 +34,10 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from hub.domain.access import route_refusal
 from hub.domain.accounts import Accounts, User
 from hub.domain.routes import Route, RouteTable
-from hub.web.proxy_auth import ACCESS_SCOPE, Subject, look_up
+from hub.proxy.auth import Subject, look_up
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +163,14 @@ class Tunnels:
         if found is None:
             return False
         user, scopes = found
-        if user.id != tunnel.user_id or ACCESS_SCOPE not in scopes:
+        if user.id != tunnel.user_id:
             return False
         current = self._routes.get(tunnel.route.server_id)
         if current is None or current.target != tunnel.route.target:
             return False
         tunnel.route = current  # re-added as it was (the hub's reconcile does): the same server
-        return self._routes.allows(current, user.id, is_admin=user.is_admin)
+        admin_access = self._routes.admin_access
+        return route_refusal(current, user, scopes, admin_access=admin_access) is None
 
     def _end_where(self, matches: Callable[[Tunnel], bool]) -> int:
         ended = [t for tunnels in self._by_subject.values() for t in tunnels if matches(t)]

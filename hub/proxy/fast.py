@@ -10,12 +10,11 @@
 Every connection on the public port lands here. For each request:
 
 - A request to ``/user/<name>/<server>/...`` that the hub would let through
-  as it is (the same checks as ``ProxyHandler.prepare``: canonical path, a
-  route, a grant that may use it with the ``access:servers`` scope, looked
-  up at most once per ``ProxyAuth.ttl`` and meanwhile kept in memory,
-  the Origin rule for WebSocket upgrades and cookie writes) goes straight to
-  the user's server over a pooled keep-alive connection, with the headers
-  ``proxy_headers`` decides, and the response body comes back byte for byte:
+  as it is (``hub.domain.access.decide``, the hub handler's own rule, asked
+  by ``hub.proxy.gate.Gate`` with a grant looked up at most once per
+  ``ProxyAuth.ttl`` and meanwhile kept in memory) goes straight to the
+  user's server over a pooled keep-alive connection, with the head the gate
+  makes, and the response body comes back byte for byte:
   bodies pass through in whatever pieces the sockets give, never whole, with
   back-pressure both ways. A WebSocket upgrade that the server accepts
   becomes a two-way byte pipe, so frames and close codes pass untouched.
@@ -25,15 +24,13 @@ Every connection on the public port lands here. For each request:
   private unix socket, which answer exactly as they would on their own.
 
 The response side of each connection (heads rewritten, bodies relayed, 101s
-turned into pipes, time limits) is ``hub.web.proxy_relay.Relay``.
+turned into pipes, time limits) is ``hub.proxy.relay.Relay``.
 
 Keep-alive clients repeat themselves, so each connection remembers its last
 head: header lines identical to the last request's, byte for byte, are not
-parsed or rewritten again, and a head identical in full gets the same pass
-again without its checks, as long as the grant cache returns the very same
-grant and the route table the very same route (both are replaced, never
-changed, so anything that would change the answer makes a new decision).
-Each upstream connection does the same with response heads.
+parsed again, and the gate passes a head identical in full again without its
+checks while nothing that would change the answer has changed (see
+``hub.proxy.gate``). Each upstream connection does the same with response heads.
 
 Requests whose framing is ambiguous (two lengths, a length and chunked, an
 encoding other than chunked), heads over ``max_header_size`` and anything
@@ -48,24 +45,17 @@ import logging
 import socket
 from typing import cast
 
-from hub.domain.errors import InvalidInput
-from hub.domain.routes import Route, canonical_path, upstream_path
-from hub.web.proxy_auth import ACCESS_SCOPE, Credential, Grant, hub_token
-from hub.web.proxy_headers import (
-    Forwarded,
-    forwarded_block,
-    hub_cookie_pattern,
-    origin_allowed,
-    upstream_block,
-)
-from hub.web.proxy_pool import (
+from hub.proxy.auth import Grant
+from hub.proxy.gate import Gate
+from hub.proxy.headers import hub_cookie_pattern
+from hub.proxy.pool import (
     WRITE_HIGH,
     WRITE_LOW,
     ConnectionPool,
     Reader,
     UpstreamConnection,
 )
-from hub.web.proxy_relay import (
+from hub.proxy.relay import (
     CLOSED,
     EXCHANGE,
     HEAD,
@@ -75,13 +65,12 @@ from hub.web.proxy_relay import (
     Pass,
     Relay,
 )
-from hub.web.proxy_wire import (
+from hub.proxy.wire import (
     KEEP_HEAD,
     NO_BODY,
     BodyScanner,
     Head,
     WireError,
-    body_length,
     line_pattern,
     parse_request,
     request_body,
@@ -90,7 +79,6 @@ from hub.web.proxy_wire import (
 log = logging.getLogger(__name__)
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # The client's claims about itself, which the hub's handlers must not believe.
 _HUB_DROP = line_pattern(
     {"x-real-ip", "x-forwarded-for", "x-scheme", "x-forwarded-proto", "connection", "keep-alive"}
@@ -103,8 +91,6 @@ _TOO_MANY = (
     % (len(_TOO_MANY_TEXT), _TOO_MANY_TEXT)
 )
 _NO_TOKENS: frozenset[str] = frozenset()
-# ``Connection`` values that name no header to drop beyond the hop-by-hop ones.
-_PLAIN_CONNECTION = frozenset({"keep-alive", "close"})
 
 
 class FrontProxy:
@@ -166,27 +152,10 @@ class _Client(Relay, Reader):
         self.counted = False
         self.head_since = 0.0
         self.tunnel = None
-        self._forwarded = b""
-        self._forwarded_for: Route | None = None
-        self._forwarded_host = ""
         self._session = front.session_cookie
-        # The last request head on this connection, and the last pass decided: a
-        # keep-alive client that repeats a head byte for byte (polling, a benchmark)
-        # gets the same pass while its grant and the route are the same objects.
+        self.gate = Gate(front.config)
+        # The last request head on this connection, for the next one to compare with.
         self._previous: Head | None = None
-        self._credential: Credential | None = None
-        self._memo_request: Head | None = None
-        self._memo_credential: Credential = ("", "")
-        self._memo_grant: Grant | None = None
-        self._memo_canonical = ""
-        self._memo_pass: Pass | None = None
-        # What the header lines of the last request said (kept while the next ones
-        # repeat them, as a browser's do whatever the path): see ``_read_block``.
-        self._block = b""
-        self._block_credential: Credential | None = None
-        self._block_token = False
-        self._block_html = False
-        self._block_upstream: bytes | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -423,37 +392,25 @@ class _Client(Relay, Reader):
         A grant that is not cached is looked up in the background, and the
         decision made again when it is known.
         """
-        target = request.target
         if request.version != "HTTP/1.1" or request.method not in _METHODS:
             self._to_hub()
             return None
-        if not target.startswith("/user/"):
+        if not request.target.startswith("/user/"):
             self._to_hub()
             return None
-        config = self.config
-        hosts = config.auth.hosts
-        if hosts is not None and hosts.owner_of(request.fields.get("host") or "") is None:
-            self._to_hub()  # subdomain mode: the hub sends it to its owner's host
-            return None
-        if request is self._memo_request:
-            memo = self._memo_pass
-            assert memo is not None
-            grant = config.auth.cached(self._memo_credential)
-            if grant is not None and grant is self._memo_grant:
-                found = config.routes.match(self._memo_canonical)
-                if found is not None and found[0] is memo.route:
-                    config.activity.record(memo.route.server_id)
-                    return memo
-        if request.block is not self._block:
-            self._read_block(request)
-        credential = self._credential = self._block_credential
+        gate = self.gate
+        repeated = gate.repeat(request)
+        if repeated is not None:
+            return repeated
+        credential = gate.credential(request)
         if credential is None:
             self._to_hub()
             return None
-        grant = config.auth.cached(credential)
+        auth = self.config.auth
+        grant = auth.cached(credential)
         if grant is None:
             self._pause_client()
-            task = self.loop.create_task(config.auth.resolve(credential))
+            task = self.loop.create_task(auth.resolve(credential))
             task.add_done_callback(self._resolved)
             return None
         return self._authorize(request, grant)
@@ -473,128 +430,13 @@ class _Client(Relay, Reader):
         if decided is not None:
             self._begin(decided)
 
-    def _read_block(self, request: Head) -> None:
-        """What the request's header lines say about its credential and what goes upstream."""
-        fields = request.fields
-        authorization = fields.get("authorization")
-        self._block = request.block
-        self._block_credential = self.config.auth.credential(
-            authorization, fields.get("cookie"), fields.get("host")
-        )
-        self._block_token = hub_token(authorization) is not None
-        self._block_html = "text/html" in (fields.get("accept") or "")
-        self._block_upstream = None  # made when first needed
-
     def _authorize(self, request: Head, grant: Grant) -> Pass | None:
-        """The same rules as ``ProxyHandler.prepare``; any doubt goes to the hub."""
-        path, _, query = request.target.partition("?")
-        try:
-            canonical = canonical_path(path)
-        except InvalidInput:
+        """The gate's pass (kept for a repeat unless the head is too large), or to the hub."""
+        keep = request is self._previous
+        decided = self.gate.authorize(request, grant, body=self.req_body, peer=self.peer, keep=keep)
+        if decided is None:
             self._to_hub()
-            return None
-        user = grant.user
-        if request.block is not self._block:
-            self._read_block(request)
-        presents_token = self._block_token
-        wants_html = not presents_token and self._block_html
-        config = self.config
-        found = config.routes.match(canonical)
-        if found is None or (user.must_change_password and wants_html):
-            self._to_hub()
-            return None
-        route, rest = found
-        if not rest or not config.routes.allows(route, user.id, is_admin=user.is_admin):
-            self._to_hub()
-            return None
-        if ACCESS_SCOPE not in grant.scopes:
-            self._to_hub()
-            return None
-        method = request.method
-        upgrade = (
-            method == "GET"
-            and (request.fields.get("upgrade") or "").lower() == "websocket"
-            and "upgrade" in request.tokens("connection")
-        )
-        cookie_write = method not in _SAFE_METHODS and not presents_token
-        host = request.fields.get("host") or "127.0.0.1"
-        if (upgrade or cookie_write) and not self._origin_allowed(
-            request.fields.get("origin"), host
-        ):
-            self._to_hub()
-            return None
-        if "," in host:
-            self._to_hub()  # two Host headers: let the hub's handler refuse it
-            return None
-        hosts = config.auth.hosts
-        if hosts is not None and not hosts.may_serve(host, route.user):
-            self._to_hub()  # another user's path on this user's host: the hub refuses it
-            return None
-        # What the proxy adds depends only on the route and the client: kept per connection.
-        if self._forwarded_for is not route or self._forwarded_host != host:
-            self._forwarded_for, self._forwarded_host = route, host
-            forwarded = Forwarded(
-                host=host,
-                remote_ip=self.peer,
-                proto=config.public_scheme or "http",
-                prefix=route.prefix[:-1],
-                secret=route.secret,
-                hub_cookies=config.hub_cookies,
-            )
-            self._forwarded = forwarded_block(forwarded)
-        target = upstream_path(path, rest, route)
-        if query or request.target.endswith("?"):
-            target += "?" + query
-        passed = self._block_upstream
-        if passed is None:
-            connection = request.fields.get("connection")
-            if connection is not None and connection.lower() in _PLAIN_CONNECTION:
-                connection = None  # names no other header: nothing more to drop
-            passed = self._block_upstream = upstream_block(
-                request.block,
-                connection=connection,
-                cookie=request.fields.get("cookie"),
-                hub_cookies=config.hub_cookies,
-            )
-        parts = [
-            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n".encode("latin1"),
-            passed,
-            self._forwarded,
-        ]
-        body = self.req_body
-        if upgrade:
-            parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
-        if body.is_chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        else:
-            length = request.fields.get("content-length")
-            if length is not None:
-                parts.append(b"Content-Length: %d\r\n" % body_length(length))
-            elif method in ("POST", "PUT", "PATCH"):
-                parts.append(b"Content-Length: 0\r\n")
-        parts.append(b"\r\n")
-        config.activity.record(route.server_id)
-        decided = Pass(route, b"".join(parts), upgrade, grant, wants_html)
-        if request is not self._previous:
-            return decided  # too large to keep
-        assert self._credential is not None
-        self._memo_request, self._memo_grant = request, grant
-        self._memo_credential = self._credential
-        self._memo_canonical, self._memo_pass = canonical, decided
         return decided
-
-    def _origin_allowed(self, origin: str | None, host: str) -> bool:
-        """The hub's own origin; on a user's host (subdomain mode), that host's own."""
-        config = self.config
-        hosts = config.auth.hosts
-        if hosts is not None and hosts.is_user_host(host):
-            return hosts.origin_allowed(origin, host)
-        return origin_allowed(
-            origin,
-            host=host,
-            scheme=config.public_scheme or "http",
-            public_origin=config.public_origin,
-        )
 
     def _to_hub(self) -> None:
         """Send the current request to the hub's own handlers, as the client sent it."""
