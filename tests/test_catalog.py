@@ -32,13 +32,14 @@ from hub.domain.catalog import (
 )
 from hub.domain.clock import SystemClock
 from hub.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hub.domain.manifest import manifest_from_request
 from hub.domain.quotas import Limits
 from hub.domain.records import ServerRecord
 from hub.domain.resources import GiB, MiB, Resources
 from hub.domain.routes import RouteTable
 from hub.domain.servers import ServerSpec, ServerState
 from hub.domain.workspaces import Policy, Workspaces
-from hub.images.manifest import load_all, manifest_from_request
+from hub.images.manifest import load_all
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 

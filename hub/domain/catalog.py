@@ -11,7 +11,7 @@ versions. A version is one image, pinned by its digest, with how to run it
 are never deleted, so a team can relaunch exactly what it ran last month.
 
 ``EnvironmentManifest`` is what a version is made from (an environment folder's
-``manifest.toml``, parsed by ``hub.images.manifest``, or an admin's request), and
+``manifest.toml`` or an admin's request, parsed by ``hub.domain.manifest``), and
 ``Environment`` is one version as the catalog stores it; both take their runtime
 defaults from here (``DEFAULT_SHM_SIZE`` and the others), and ``manifest_of``
 turns the second back into the first.

@@ -39,8 +39,8 @@ from hub.domain.catalog import (
     shown,
 )
 from hub.domain.errors import BackendUnavailable, Conflict, Forbidden, InvalidInput, NotFound
+from hub.domain.manifest import manifest_from_request
 from hub.domain.resources import Resources
-from hub.images.manifest import manifest_from_request
 from hub.web.catalog_openapi import OPENAPI_PATHS as OPENAPI_PATHS  # read by hub.web.openapi
 from hub.web.catalog_openapi import OPENAPI_SCHEMAS as OPENAPI_SCHEMAS
 from hub.web.servers_api import ApiHandler
