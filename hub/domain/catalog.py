@@ -242,36 +242,60 @@ def check_policy(env_name: str, default: Resources, maximum: Resources, gpu: boo
         )
 
 
-def resources_from(value: Any, key: str, current: Resources) -> Resources:
+@dataclass(frozen=True)
+class ResourcesChange:
+    """Some of an environment's default or maximum resources; ``None`` keeps the figure."""
+
+    cpus: float | None = None
+    memory: int | None = None
+    gpus: int | None = None
+
+    def over(self, current: Resources) -> Resources:
+        """The resources with these figures changed."""
+        return Resources(
+            cpus=current.cpus if self.cpus is None else self.cpus,
+            memory=current.memory if self.memory is None else self.memory,
+            gpus=current.gpus if self.gpus is None else self.gpus,
+        )
+
+
+def resources_change(value: object, key: str) -> ResourcesChange:
     """``{"cpus": 2, "memory": "4G", "gpus": 0}`` from an admin's request; omitted keys stay."""
     if not isinstance(value, dict):
         raise InvalidInput(f"{key}: expected an object with cpus, memory and gpus")
     unknown = set(value) - {"cpus", "memory", "gpus"}
     if unknown:
         raise InvalidInput(f"{key}: unknown field {shown(sorted(map(str, unknown))[0])}")
-    cpus = _number(value, "cpus", current.cpus)
-    raw_memory = value.get("memory", current.memory)
-    if (
-        isinstance(raw_memory, bool)
-        or not isinstance(raw_memory, int | str)
-        or len(str(raw_memory)) > 32
-    ):
-        raise InvalidInput(f"{key}.memory: expected a size such as 4G")
-    memory = parse_memory(raw_memory, what=f"{key}.memory")
-    gpus = _number(value, "gpus", current.gpus)
-    if gpus != int(gpus) or not 0 <= gpus <= MAX_GPUS:
+    cpus = _optional_number(value, "cpus")
+    memory = None
+    if "memory" in value:
+        raw_memory = value["memory"]
+        if (
+            isinstance(raw_memory, bool)
+            or not isinstance(raw_memory, int | str)
+            or len(str(raw_memory)) > 32
+        ):
+            raise InvalidInput(f"{key}.memory: expected a size such as 4G")
+        memory = parse_memory(raw_memory, what=f"{key}.memory")
+    gpus = _optional_number(value, "gpus")
+    if gpus is not None and (gpus != int(gpus) or not 0 <= gpus <= MAX_GPUS):
         raise InvalidInput(f"{key}.gpus: expected a whole number from 0 to {MAX_GPUS}")
-    if not 0 < cpus <= MAX_CPUS:
+    if cpus is not None and not 0 < cpus <= MAX_CPUS:
         raise InvalidInput(f"{key}.cpus: must be more than 0 and at most {MAX_CPUS}")
-    if not 0 < memory <= MAX_MEMORY:
+    if memory is not None and not 0 < memory <= MAX_MEMORY:
         raise InvalidInput(f"{key}.memory: must be more than 0 and at most 1 PiB")
-    return Resources(cpus=cpus, memory=memory, gpus=int(gpus))
+    return ResourcesChange(cpus=cpus, memory=memory, gpus=None if gpus is None else int(gpus))
 
 
 def _number(body: Mapping[str, Any], key: str, default: float) -> float:
+    number = _optional_number(body, key)
+    return default if number is None else number
+
+
+def _optional_number(body: Mapping[str, object], key: str) -> float | None:
     value = body.get(key)
     if value is None:
-        return default
+        return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InvalidInput(f"{key}: expected a number, got {shown(value)}")
     try:
