@@ -26,6 +26,7 @@ from hub.domain.catalog import (
     DEFAULT_SHM_SIZE,
     Environment,
     EnvironmentManifest,
+    LaunchRequest,
     choose_resources,
     launch_target,
     manifest_of,
@@ -496,7 +497,7 @@ async def test_tensorflow_gpu_launches_with_its_gpus_by_id_and_a_large_shm(
     await catalog.seed({"tensorflow-gpu": SeedImage(shipped, tag, DIGEST_A)})
     env = await launch_target(catalog, "tensorflow-gpu", None, admin=False, team_ids=frozenset())
     assert env.gpu and env.image == DIGEST_A
-    resources = choose_resources(env, {"gpus": 2})
+    resources = choose_resources(env, LaunchRequest(env.name, gpus=2))
     record = ServerRecord(
         id=7,
         user_id=3,
@@ -528,5 +529,5 @@ async def test_tensorflow_gpu_launches_with_its_gpus_by_id_and_a_large_shm(
     assert args["image"] == DIGEST_A  # pinned by digest, never by tag
     assert args["pids_limit"] == shipped.pids_limit
     with pytest.raises(InvalidInput, match="at most 4 GPUs"):
-        choose_resources(env, {"gpus": 5})
-    assert choose_resources(env, {}).gpus == 1  # its default asks for one GPU
+        choose_resources(env, LaunchRequest(env.name, gpus=5))
+    assert choose_resources(env, LaunchRequest(env.name)).gpus == 1  # its default asks for one GPU

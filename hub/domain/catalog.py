@@ -1,7 +1,7 @@
 """Environments a user may launch, their versions, and how a launch request becomes resources.
 
     env = await launch_target(catalog, "jupyter", None, admin=False, team_ids=frozenset({3}))
-    resources = choose_resources(env, {"cpus": 2, "memory": "4G"})
+    resources = choose_resources(env, launch_request({"environment": "jupyter", "cpus": 2}))
     old = await launch_target(catalog, "jupyter", "5be0c1d24a7e", admin=False, team_ids=...)
 
 An environment is a name and a policy (description, default and maximum
@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from hub.domain.errors import Forbidden, InvalidInput, NotFound
 from hub.domain.resources import Resources, format_memory, parse_memory
@@ -185,7 +185,7 @@ def shown(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_environment_name(name: Any) -> str:
+def check_environment_name(name: object) -> str:
     """An environment name: lowercase letters, digits and '-', at most 63."""
     if not isinstance(name, str) or not name:
         raise InvalidInput("environment: name the environment to launch")
@@ -196,7 +196,7 @@ def check_environment_name(name: Any) -> str:
     return name
 
 
-def check_version_ref(ref: Any) -> str:
+def check_version_ref(ref: object) -> str:
     """A version as a launch names it: its label, or its digest (``sha256:``, 12+ hex)."""
     if not isinstance(ref, str) or not ref:
         raise InvalidInput("version: expected a version label or an image digest")
@@ -215,7 +215,7 @@ def check_version_ref(ref: Any) -> str:
     return ref
 
 
-def check_label(label: Any) -> str:
+def check_label(label: object) -> str:
     """A new version label (a Docker tag, so that the version's image can carry it)."""
     if not isinstance(label, str) or not VERSION_LABEL.match(label) or label.startswith("sha256"):
         raise InvalidInput(
@@ -287,11 +287,6 @@ def resources_change(value: object, key: str) -> ResourcesChange:
     return ResourcesChange(cpus=cpus, memory=memory, gpus=None if gpus is None else int(gpus))
 
 
-def _number(body: Mapping[str, Any], key: str, default: float) -> float:
-    number = _optional_number(body, key)
-    return default if number is None else number
-
-
 def _optional_number(body: Mapping[str, object], key: str) -> float | None:
     value = body.get(key)
     if value is None:
@@ -307,26 +302,70 @@ def _optional_number(body: Mapping[str, object], key: str) -> float | None:
     return number
 
 
-def choose_resources(env: Environment, body: Mapping[str, Any]) -> Resources:
-    """Fill omitted fields from the environment's defaults and check its maximum."""
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What a launch asks for: an environment, and ``None`` for its default (its current
+    version, its default resources). Memory in bytes.
+
+    ``options`` are the choices as the request gave them (the server's ``user_options``).
+    """
+
+    environment: str
+    version: str | None = None
+    cpus: float | None = None
+    memory: int | None = None
+    gpus: int | None = None
+    options: Mapping[str, str | float | None] = field(default_factory=dict, compare=False)
+
+
+def launch_request(body: Mapping[str, object]) -> LaunchRequest:
+    """A launch's JSON body (``{"environment": "jupyter", "memory": "4G"}``), checked.
+
+    Each refusal is an ``InvalidInput`` naming the field; whether the environment
+    exists, and the bounds of its resources, are checked where it is launched.
+    """
+    environment = check_environment_name(body.get("environment"))
+    raw_version = body.get("version")
+    version = check_version_ref(raw_version) if raw_version is not None else None
     unknown = set(body) - LAUNCH_KEYS
     if unknown:
         raise InvalidInput(
             f"unknown launch field(s): {', '.join(sorted(map(str, unknown)))[:200]}; "
             f"expected {', '.join(sorted(LAUNCH_KEYS))}"
         )
-    cpus = _number(body, "cpus", env.default.cpus)
+    cpus = _optional_number(body, "cpus")
     raw_memory = body.get("memory")
     if raw_memory is None:
-        memory = env.default.memory
+        memory = None
     elif isinstance(raw_memory, int | str) and not isinstance(raw_memory, bool):
         memory = parse_memory(raw_memory)
     else:
         raise InvalidInput(f"memory: expected a size such as 4G, got {shown(raw_memory)}")
-    gpus_number = _number(body, "gpus", env.default.gpus)
-    if gpus_number != int(gpus_number) or gpus_number < 0:
+    gpus = _optional_number(body, "gpus")
+    if gpus is not None and (gpus != int(gpus) or gpus < 0):
         raise InvalidInput(f"gpus: expected a whole number, got {shown(body.get('gpus'))}")
-    gpus = int(gpus_number)
+    options: dict[str, str | float | None] = {}
+    for key in ("version", "cpus", "memory", "gpus"):
+        if key in body:
+            value = body[key]
+            # Each was checked above: a string, a number, or null.
+            assert value is None or isinstance(value, str | int | float)
+            options[key] = value
+    return LaunchRequest(
+        environment=environment,
+        version=version,
+        cpus=cpus,
+        memory=memory,
+        gpus=None if gpus is None else int(gpus),
+        options=options,
+    )
+
+
+def choose_resources(env: Environment, request: LaunchRequest) -> Resources:
+    """Fill omitted figures from the environment's defaults and check its maximum."""
+    cpus = env.default.cpus if request.cpus is None else request.cpus
+    memory = env.default.memory if request.memory is None else request.memory
+    gpus = env.default.gpus if request.gpus is None else request.gpus
     if cpus <= 0 or cpus > env.maximum.cpus:
         raise InvalidInput(
             f"cpus: {env.name} takes more than 0 and at most {env.maximum.cpus:g} CPUs, "
@@ -365,8 +404,8 @@ class Catalog(Protocol):
 
 async def launch_target(
     catalog: Catalog,
-    name: Any,
-    version: Any,
+    name: str,
+    version: str | None,
     *,
     admin: bool,
     team_ids: frozenset[int],

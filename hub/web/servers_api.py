@@ -16,6 +16,7 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 
 from hub.domain.accounts import User
+from hub.domain.catalog import launch_request
 from hub.domain.errors import InvalidInput, LaunchFailed
 from hub.domain.records import ServerRecord
 from hub.domain.servers import ProgressEvent, ServerState
@@ -89,7 +90,13 @@ class ServerHandler(ApiHandler):
 
     async def post(self, name: str, server: str = "") -> None:
         owner = await self.owner(name, "servers")
-        record, _fresh = await self.deps.workspaces.launch(owner, server, self.json_body())
+        body = self.json_body()
+        try:
+            request = launch_request(body)
+        except InvalidInput as exc:
+            await self.deps.workspaces.refused(owner, server, exc)  # audited as any refusal
+            raise
+        record, _fresh = await self.deps.workspaces.launch(owner, server, request)
         await respond_launch(self, record)
 
     async def delete(self, name: str, server: str = "") -> None:
