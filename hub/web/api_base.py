@@ -1,9 +1,10 @@
 """What every JSON API handler shares: the body parsed safely, and the user a path names.
 
-class TokensHandler(ApiHandler):
-    async def post(self, name: str) -> None:
-        owner = await self.owner(name, "tokens")
-        body = self.json_body()          # a dict, or a 400 that says why
+class ServerHandler(ApiHandler):
+    async def delete(self, name: str, server: str = "") -> None:
+        owner = await self.owner(name, "servers")      # 403 unless the caller may
+        body = self.json_body()                         # a dict, or a 400 that says why
+        record = await self.owned_server(owner, server) # or a 404
 """
 
 from __future__ import annotations

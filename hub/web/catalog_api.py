@@ -8,12 +8,12 @@
                                                   "version": "4.2"}
     POST  /hub/api/environments/rstudio/versions {"image": "myorg/rstudio:4.4"}
 
-Changing the catalog takes the ``admin:environments`` scope and an admin; each
-change goes to the audit log. An environment is made only from an image already
-on the engine (nothing is pulled), and each version's image is tagged
-``labdock/<hub id>/<name>:<label>`` so that ``docker image prune`` keeps it. Disabling or
-retiring an environment stops new launches and restarts; servers already
-running keep running until they are stopped.
+Changing the catalog takes the ``admin:environments`` scope and an admin. The
+handlers read each body into a typed value and hand it to
+``hub.domain.catalog_admin.CatalogAdmin``, which checks it, pins the image (nothing
+is pulled) and writes the audit log. Disabling or retiring an environment stops
+new launches and restarts; servers already running keep running until they are
+stopped.
 """
 
 from __future__ import annotations
