@@ -54,6 +54,7 @@ from hub.db.servers import SqlServerRepo
 from hub.db.teams import SqlTeamRepo
 from hub.domain.accounts import Accounts
 from hub.domain.activity import ActivityTracker, flush_forever
+from hub.domain.catalog_admin import CatalogAdmin
 from hub.domain.clock import SystemClock
 from hub.domain.errors import ConfigError, LabdockError
 from hub.domain.launch_limits import LaunchLimits
@@ -88,6 +89,7 @@ from hub.web import (
 )
 from hub.web.deps import WebDeps
 from hub.web.metrics import HubMetrics, MetricsHandler
+from hub.web.oidc_login import OidcLogin
 from hub.web.proxy import front_proxy, proxy_routes
 from hub.web.user_host_pages import hub_host_routes, user_host_rules
 
@@ -294,12 +296,12 @@ def templates() -> Environment:
 
 def oidc_login(
     settings: Settings, sessions: async_sessionmaker[AsyncSession], accounts: Accounts
-) -> oidc.OidcLogin | None:
+) -> OidcLogin | None:
     """Sign-in through the configured OpenID Connect provider, or ``None`` when off."""
     if not settings.oidc.issuer:
         return None
     identities = OidcIdentities(SqlIdentityRepo(sessions), accounts, SystemClock())
-    return oidc.OidcLogin(settings.oidc, identities)
+    return OidcLogin(settings.oidc, identities)
 
 
 @contextlib.asynccontextmanager
@@ -407,8 +409,12 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
         stats=DockerStats(client, executor),
         host_capacity=capacity,
         gpu_inventory=gpus,
-        catalog_admin=catalog,
-        images=EngineImages(client, executor, hub_id=hub_id),
+        catalog_admin=CatalogAdmin(
+            store=catalog,
+            images=EngineImages(client, executor, hub_id=hub_id),
+            teams=teams,
+            audit=audit,
+        ),
     )
     activity, upstream = ActivityTracker(every=30.0), UpstreamPool()
     secret = cookie_secret(settings)

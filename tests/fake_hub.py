@@ -30,7 +30,7 @@ from hub.db.quotas import SqlQuotaRepo
 from hub.db.servers import SqlServerRepo
 from hub.db.teams import SqlTeamRepo
 from hub.domain.accounts import User
-from hub.domain.catalog import Environment
+from hub.domain.catalog import Environment, launch_request
 from hub.domain.clock import SystemClock
 from hub.domain.quotas import Limits
 from hub.domain.records import ServerRecord
@@ -125,7 +125,7 @@ class FakeHub:
     ) -> ServerRecord:
         """Launch and wait until the launch ends (running or failed)."""
         wanted = {"environment": environment, **body}
-        record, _ = await self.workspaces.launch(owner, server, wanted)
+        record, _ = await self.workspaces.launch(owner, server, launch_request(wanted))
         return await self.workspaces.wait_ready(record.id, within)
 
     async def record(self, server_id: int) -> ServerRecord:

@@ -26,19 +26,21 @@ from hub.domain.catalog import (
     DEFAULT_SHM_SIZE,
     Environment,
     EnvironmentManifest,
+    LaunchRequest,
     choose_resources,
     launch_target,
     manifest_of,
 )
 from hub.domain.clock import SystemClock
 from hub.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hub.domain.manifest import manifest_from_request
 from hub.domain.quotas import Limits
 from hub.domain.records import ServerRecord
 from hub.domain.resources import GiB, MiB, Resources
 from hub.domain.routes import RouteTable
 from hub.domain.servers import ServerSpec, ServerState
 from hub.domain.workspaces import Policy, Workspaces
-from hub.images.manifest import load_all, manifest_from_request
+from hub.images.manifest import load_all
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 
@@ -495,7 +497,7 @@ async def test_tensorflow_gpu_launches_with_its_gpus_by_id_and_a_large_shm(
     await catalog.seed({"tensorflow-gpu": SeedImage(shipped, tag, DIGEST_A)})
     env = await launch_target(catalog, "tensorflow-gpu", None, admin=False, team_ids=frozenset())
     assert env.gpu and env.image == DIGEST_A
-    resources = choose_resources(env, {"gpus": 2})
+    resources = choose_resources(env, LaunchRequest(env.name, gpus=2))
     record = ServerRecord(
         id=7,
         user_id=3,
@@ -527,5 +529,5 @@ async def test_tensorflow_gpu_launches_with_its_gpus_by_id_and_a_large_shm(
     assert args["image"] == DIGEST_A  # pinned by digest, never by tag
     assert args["pids_limit"] == shipped.pids_limit
     with pytest.raises(InvalidInput, match="at most 4 GPUs"):
-        choose_resources(env, {"gpus": 5})
-    assert choose_resources(env, {}).gpus == 1  # its default asks for one GPU
+        choose_resources(env, LaunchRequest(env.name, gpus=5))
+    assert choose_resources(env, LaunchRequest(env.name)).gpus == 1  # its default asks for one GPU

@@ -511,7 +511,7 @@ async def test_unknown_and_forbidden_environments_are_refused(lab: Lab) -> None:
     deps = lab.hub.hub.deps
     assert deps.catalog_admin is not None
     await deps.teams.ensure("elsewhere")
-    await deps.catalog_admin.update("python", teams=["elsewhere"])
+    await deps.catalog_admin.store.update("python", teams=["elsewhere"])
     try:
         refused = await lab.api("POST", f"/users/{USER}/servers/no", {"environment": "python"})
         assert refused.code == 403, refused.body
@@ -519,7 +519,7 @@ async def test_unknown_and_forbidden_environments_are_refused(lab: Lab) -> None:
         listed = json.loads((await lab.api("GET", "/environments")).body)
         assert "python" not in {e["name"] for e in listed}
     finally:
-        await deps.catalog_admin.update("python", teams=[])
+        await deps.catalog_admin.store.update("python", teams=[])
 
 
 # --- what every image promises --------------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest_asyncio
 
+from hub.domain.catalog import LaunchRequest
 from hub.domain.resources import MiB
 from hub.domain.servers import ProgressEvent, ServerState
 from hub.domain.workspaces import UNKNOWN_REASON
@@ -153,7 +154,7 @@ async def test_launch_interrupted_by_a_restart_is_resumed_and_adopts_its_contain
     async with fake_hub(db_url) as hub:
         alice = await hub.user("alice")
         await hub.environment("slow", "fake/slow:0.3")
-        record, _ = await hub.workspaces.launch(alice, "lab", {"environment": "slow"})
+        record, _ = await hub.workspaces.launch(alice, "lab", LaunchRequest("slow"))
 
         async def created() -> bool:
             return hub.backend.container(record.id) is not None

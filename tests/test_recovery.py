@@ -24,7 +24,7 @@ from hub.config import Settings
 from hub.db.engine import make_engine
 from hub.db.environments import SqlCatalog
 from hub.db.migrate import upgrade
-from hub.domain.catalog import Environment
+from hub.domain.catalog import Environment, LaunchRequest
 from hub.domain.errors import BackendUnavailable
 from hub.domain.servers import ServerState
 from hub.domain.workspaces import UNKNOWN_REASON
@@ -40,7 +40,7 @@ async def launch(settings: Settings, image: str, names: list[str]) -> dict[str, 
         alice, _ = await built.deps.accounts.create_user("alice", "correct horse")
         ids = {}
         for name in names:
-            record, _ = await built.workspaces.launch(alice, name, {"environment": "busybox"})
+            record, _ = await built.workspaces.launch(alice, name, LaunchRequest("busybox"))
             record = await built.workspaces.wait_ready(record.id, 60)
             assert record.state == ServerState.RUNNING
             ids[name] = record.id

@@ -12,7 +12,7 @@ import pytest_asyncio
 from sqlalchemy import insert
 
 from hub.db.schema import QuotaRow
-from hub.domain.catalog import Environment
+from hub.domain.catalog import Environment, LaunchRequest
 from hub.domain.resources import GiB, MiB, Resources
 from tests.busybox_image import ensure_test_image
 from tests.conftest import RunningHub
@@ -417,7 +417,7 @@ async def test_gpu_launch_passes_explicit_device_ids_and_gpus_are_never_shared(
         )
         env_id = await built.deps.catalog.add(env)  # type: ignore[attr-defined]
         alice, _ = await built.deps.accounts.create_user("alice", "correct horse")
-        record, _ = await built.workspaces.launch(alice, "g", {"environment": "gpu", "gpus": 1})
+        record, _ = await built.workspaces.launch(alice, "g", LaunchRequest("gpu", gpus=1))
         record = await built.workspaces.wait_ready(record.id, 60)
         # This machine has no GPU runtime: the start fails, saying so, after creation.
         assert record.state.value == "failed"
@@ -486,6 +486,34 @@ async def test_quota_refusals_are_written_to_the_audit_log(hub: RunningHub) -> N
         "refused",
     )
     assert entry.detail["message"].startswith("needs 1 more server")
+
+
+async def test_a_launch_body_refused_where_it_is_read_is_written_to_the_audit_log(
+    hub: RunningHub,
+) -> None:
+    alice = await user_api(hub, "alice")
+    refused = await alice.call(
+        "POST", "/users/alice/servers/a", {"environment": "busybox", "cpus": "lots"}
+    )
+    assert refused.code == 400
+    [entry] = await hub.hub.deps.audit.recent()
+    assert (entry.actor, entry.action, entry.target, entry.outcome) == (
+        "alice",
+        "server.launch",
+        "alice/a",
+        "refused",
+    )
+    assert entry.detail["message"] == "cpus: expected a number, got 'lots'"
+
+
+async def test_user_options_keep_the_launch_choices_as_they_were_given(hub: RunningHub) -> None:
+    alice = await user_api(hub, "alice")
+    body = {"environment": "busybox", "memory": "256M", "cpus": "0.5"}
+    launched = await alice.call("POST", "/users/alice/servers/opts", body)
+    assert launched.code == 201, launched.body
+    server = json.loads(launched.body)
+    assert server["user_options"] == {"memory": "256M", "cpus": "0.5"}
+    assert server["resources"]["memory"] == 256 * MiB and server["resources"]["cpus"] == 0.5
 
 
 async def test_a_new_user_with_a_deleted_users_name_gets_a_fresh_home(

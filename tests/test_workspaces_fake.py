@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from hub.domain.catalog import LaunchRequest
 from hub.domain.errors import BackendUnavailable, QuotaExceeded
 from hub.domain.quotas import Limits
 from hub.domain.resources import MiB
@@ -64,7 +65,7 @@ async def test_launching_a_running_server_again_starts_nothing_new(hub: FakeHub)
     await hub.environment("plain", "labdock/python:1")
     first = await hub.launch(alice, "lab", "plain")
 
-    again, fresh = await hub.workspaces.launch(alice, "lab", {"environment": "plain"})
+    again, fresh = await hub.workspaces.launch(alice, "lab", LaunchRequest("plain"))
 
     assert not fresh and again.id == first.id
     assert hub.backend.calls == [("start", first.id)]
@@ -75,7 +76,7 @@ async def test_slow_launch_shows_progress_while_the_app_is_not_answering(db_url:
         alice = await hub.user("alice")
         await hub.environment("slow", "fake/slow:0.4")
         began = time.monotonic()
-        record, fresh = await hub.workspaces.launch(alice, "lab", {"environment": "slow"})
+        record, fresh = await hub.workspaces.launch(alice, "lab", LaunchRequest("slow"))
         assert fresh and record.state == ServerState.STARTING
 
         async def waiting() -> bool:
@@ -223,7 +224,7 @@ async def test_stopping_a_launch_in_flight_cancels_it(db_url: str) -> None:
     async with fake_hub(db_url, launch_timeout=30.0) as hub:
         alice = await hub.user("alice")
         await hub.environment("stuck", "fake/never-ready")
-        record, _ = await hub.workspaces.launch(alice, "lab", {"environment": "stuck"})
+        record, _ = await hub.workspaces.launch(alice, "lab", LaunchRequest("stuck"))
         await until(lambda: _has_container(hub, record.id))
 
         await hub.workspaces.stop(record.id)
@@ -273,7 +274,7 @@ async def test_second_launch_over_the_users_quota_is_refused_with_reason(db_url:
         first = await hub.launch(alice, "one", "plain")
 
         with pytest.raises(QuotaExceeded, match="your quota"):
-            await hub.workspaces.launch(alice, "two", {"environment": "plain"})
+            await hub.workspaces.launch(alice, "two", LaunchRequest("plain"))
 
         assert await hub.repo.get(alice.id, "two") is None
         assert hub.backend.calls == [("start", first.id)]
@@ -292,7 +293,7 @@ async def test_launch_over_the_team_quota_names_the_team_and_the_numbers(hub: Fa
     await hub.launch(bob, "lab", "plain")
 
     with pytest.raises(QuotaExceeded) as refused:
-        await hub.workspaces.launch(alice, "more", {"environment": "plain"})
+        await hub.workspaces.launch(alice, "more", LaunchRequest("plain"))
 
     assert refused.value.message == (
         "needs 64 MiB; 0 B left in team 'risk' quota (128 MiB of 128 MiB used by 2 servers)"

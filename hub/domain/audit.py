@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class AuditEntry:
     action: str
     target: str
     outcome: str
-    detail: Mapping[str, Any] = field(default_factory=dict)
+    detail: Mapping[str, object] = field(default_factory=dict)
     id: int = 0
 
 
@@ -39,7 +39,7 @@ class AuditLog(Protocol):
         action: str,
         target: str = "",
         outcome: str = "ok",
-        detail: Mapping[str, Any] | None = None,
+        detail: Mapping[str, object] | None = None,
     ) -> None: ...
 
     async def recent(self, limit: int = 100) -> list[AuditEntry]: ...

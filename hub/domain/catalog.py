@@ -1,7 +1,7 @@
 """Environments a user may launch, their versions, and how a launch request becomes resources.
 
     env = await launch_target(catalog, "jupyter", None, admin=False, team_ids=frozenset({3}))
-    resources = choose_resources(env, {"cpus": 2, "memory": "4G"})
+    resources = choose_resources(env, launch_request({"environment": "jupyter", "cpus": 2}))
     old = await launch_target(catalog, "jupyter", "5be0c1d24a7e", admin=False, team_ids=...)
 
 An environment is a name and a policy (description, default and maximum
@@ -11,7 +11,7 @@ versions. A version is one image, pinned by its digest, with how to run it
 are never deleted, so a team can relaunch exactly what it ran last month.
 
 ``EnvironmentManifest`` is what a version is made from (an environment folder's
-``manifest.toml``, parsed by ``hub.images.manifest``, or an admin's request), and
+``manifest.toml`` or an admin's request, parsed by ``hub.domain.manifest``), and
 ``Environment`` is one version as the catalog stores it; both take their runtime
 defaults from here (``DEFAULT_SHM_SIZE`` and the others), and ``manifest_of``
 turns the second back into the first.
@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from hub.domain.errors import Forbidden, InvalidInput, NotFound
 from hub.domain.resources import Resources, format_memory, parse_memory
@@ -185,7 +185,7 @@ def shown(value: object, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_environment_name(name: Any) -> str:
+def check_environment_name(name: object) -> str:
     """An environment name: lowercase letters, digits and '-', at most 63."""
     if not isinstance(name, str) or not name:
         raise InvalidInput("environment: name the environment to launch")
@@ -196,7 +196,7 @@ def check_environment_name(name: Any) -> str:
     return name
 
 
-def check_version_ref(ref: Any) -> str:
+def check_version_ref(ref: object) -> str:
     """A version as a launch names it: its label, or its digest (``sha256:``, 12+ hex)."""
     if not isinstance(ref, str) or not ref:
         raise InvalidInput("version: expected a version label or an image digest")
@@ -215,7 +215,7 @@ def check_version_ref(ref: Any) -> str:
     return ref
 
 
-def check_label(label: Any) -> str:
+def check_label(label: object) -> str:
     """A new version label (a Docker tag, so that the version's image can carry it)."""
     if not isinstance(label, str) or not VERSION_LABEL.match(label) or label.startswith("sha256"):
         raise InvalidInput(
@@ -242,36 +242,55 @@ def check_policy(env_name: str, default: Resources, maximum: Resources, gpu: boo
         )
 
 
-def resources_from(value: Any, key: str, current: Resources) -> Resources:
+@dataclass(frozen=True)
+class ResourcesChange:
+    """Some of an environment's default or maximum resources; ``None`` keeps the figure."""
+
+    cpus: float | None = None
+    memory: int | None = None
+    gpus: int | None = None
+
+    def over(self, current: Resources) -> Resources:
+        """The resources with these figures changed."""
+        return Resources(
+            cpus=current.cpus if self.cpus is None else self.cpus,
+            memory=current.memory if self.memory is None else self.memory,
+            gpus=current.gpus if self.gpus is None else self.gpus,
+        )
+
+
+def resources_change(value: object, key: str) -> ResourcesChange:
     """``{"cpus": 2, "memory": "4G", "gpus": 0}`` from an admin's request; omitted keys stay."""
     if not isinstance(value, dict):
         raise InvalidInput(f"{key}: expected an object with cpus, memory and gpus")
     unknown = set(value) - {"cpus", "memory", "gpus"}
     if unknown:
         raise InvalidInput(f"{key}: unknown field {shown(sorted(map(str, unknown))[0])}")
-    cpus = _number(value, "cpus", current.cpus)
-    raw_memory = value.get("memory", current.memory)
-    if (
-        isinstance(raw_memory, bool)
-        or not isinstance(raw_memory, int | str)
-        or len(str(raw_memory)) > 32
-    ):
-        raise InvalidInput(f"{key}.memory: expected a size such as 4G")
-    memory = parse_memory(raw_memory, what=f"{key}.memory")
-    gpus = _number(value, "gpus", current.gpus)
-    if gpus != int(gpus) or not 0 <= gpus <= MAX_GPUS:
+    cpus = _optional_number(value, "cpus")
+    memory = None
+    if "memory" in value:
+        raw_memory = value["memory"]
+        if (
+            isinstance(raw_memory, bool)
+            or not isinstance(raw_memory, int | str)
+            or len(str(raw_memory)) > 32
+        ):
+            raise InvalidInput(f"{key}.memory: expected a size such as 4G")
+        memory = parse_memory(raw_memory, what=f"{key}.memory")
+    gpus = _optional_number(value, "gpus")
+    if gpus is not None and (gpus != int(gpus) or not 0 <= gpus <= MAX_GPUS):
         raise InvalidInput(f"{key}.gpus: expected a whole number from 0 to {MAX_GPUS}")
-    if not 0 < cpus <= MAX_CPUS:
+    if cpus is not None and not 0 < cpus <= MAX_CPUS:
         raise InvalidInput(f"{key}.cpus: must be more than 0 and at most {MAX_CPUS}")
-    if not 0 < memory <= MAX_MEMORY:
+    if memory is not None and not 0 < memory <= MAX_MEMORY:
         raise InvalidInput(f"{key}.memory: must be more than 0 and at most 1 PiB")
-    return Resources(cpus=cpus, memory=memory, gpus=int(gpus))
+    return ResourcesChange(cpus=cpus, memory=memory, gpus=None if gpus is None else int(gpus))
 
 
-def _number(body: Mapping[str, Any], key: str, default: float) -> float:
+def _optional_number(body: Mapping[str, object], key: str) -> float | None:
     value = body.get(key)
     if value is None:
-        return default
+        return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InvalidInput(f"{key}: expected a number, got {shown(value)}")
     try:
@@ -283,26 +302,70 @@ def _number(body: Mapping[str, Any], key: str, default: float) -> float:
     return number
 
 
-def choose_resources(env: Environment, body: Mapping[str, Any]) -> Resources:
-    """Fill omitted fields from the environment's defaults and check its maximum."""
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What a launch asks for: an environment, and ``None`` for its default (its current
+    version, its default resources). Memory in bytes.
+
+    ``options`` are the choices as the request gave them (the server's ``user_options``).
+    """
+
+    environment: str
+    version: str | None = None
+    cpus: float | None = None
+    memory: int | None = None
+    gpus: int | None = None
+    options: Mapping[str, str | float | None] = field(default_factory=dict, compare=False)
+
+
+def launch_request(body: Mapping[str, object]) -> LaunchRequest:
+    """A launch's JSON body (``{"environment": "jupyter", "memory": "4G"}``), checked.
+
+    Each refusal is an ``InvalidInput`` naming the field; whether the environment
+    exists, and the bounds of its resources, are checked where it is launched.
+    """
+    environment = check_environment_name(body.get("environment"))
+    raw_version = body.get("version")
+    version = check_version_ref(raw_version) if raw_version is not None else None
     unknown = set(body) - LAUNCH_KEYS
     if unknown:
         raise InvalidInput(
             f"unknown launch field(s): {', '.join(sorted(map(str, unknown)))[:200]}; "
             f"expected {', '.join(sorted(LAUNCH_KEYS))}"
         )
-    cpus = _number(body, "cpus", env.default.cpus)
+    cpus = _optional_number(body, "cpus")
     raw_memory = body.get("memory")
     if raw_memory is None:
-        memory = env.default.memory
+        memory = None
     elif isinstance(raw_memory, int | str) and not isinstance(raw_memory, bool):
         memory = parse_memory(raw_memory)
     else:
         raise InvalidInput(f"memory: expected a size such as 4G, got {shown(raw_memory)}")
-    gpus_number = _number(body, "gpus", env.default.gpus)
-    if gpus_number != int(gpus_number) or gpus_number < 0:
+    gpus = _optional_number(body, "gpus")
+    if gpus is not None and (gpus != int(gpus) or gpus < 0):
         raise InvalidInput(f"gpus: expected a whole number, got {shown(body.get('gpus'))}")
-    gpus = int(gpus_number)
+    options: dict[str, str | float | None] = {}
+    for key in ("version", "cpus", "memory", "gpus"):
+        if key in body:
+            value = body[key]
+            # Each was checked above: a string, a number, or null.
+            assert value is None or isinstance(value, str | int | float)
+            options[key] = value
+    return LaunchRequest(
+        environment=environment,
+        version=version,
+        cpus=cpus,
+        memory=memory,
+        gpus=None if gpus is None else int(gpus),
+        options=options,
+    )
+
+
+def choose_resources(env: Environment, request: LaunchRequest) -> Resources:
+    """Fill omitted figures from the environment's defaults and check its maximum."""
+    cpus = env.default.cpus if request.cpus is None else request.cpus
+    memory = env.default.memory if request.memory is None else request.memory
+    gpus = env.default.gpus if request.gpus is None else request.gpus
     if cpus <= 0 or cpus > env.maximum.cpus:
         raise InvalidInput(
             f"cpus: {env.name} takes more than 0 and at most {env.maximum.cpus:g} CPUs, "
@@ -341,8 +404,8 @@ class Catalog(Protocol):
 
 async def launch_target(
     catalog: Catalog,
-    name: Any,
-    version: Any,
+    name: str,
+    version: str | None,
     *,
     admin: bool,
     team_ids: frozenset[int],

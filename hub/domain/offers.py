@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from hub.domain.catalog import Environment
 from hub.domain.errors import QuotaExceeded
@@ -42,8 +41,8 @@ class Offer:
     reason: str | None = None
     # Which scope bounds each resource, when it is tighter than the environment's maximum.
     limited_by: dict[str, str] = field(default_factory=dict)
-    choices: dict[str, list[Any]] = field(default_factory=dict)
-    default: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, Sequence[float]] = field(default_factory=dict)
+    default: dict[str, float] = field(default_factory=dict)
 
 
 def _steps(steps: Sequence[float], low: float, high: float, *extra: float) -> list[float]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from hub.domain.quotas import Limits, Usage
 from hub.domain.resources import Resources
@@ -42,7 +42,7 @@ class ServerRecord:
     port: int | None = None
     secret: str = ""
     image_digest: str = ""
-    user_options: Mapping[str, Any] = field(default_factory=dict)
+    user_options: Mapping[str, str | float | None] = field(default_factory=dict)
     stopped_reason: str | None = None
     created: datetime | None = None
     started: datetime | None = None
@@ -89,7 +89,7 @@ class Claim:
     image_digest: str
     resources: Resources
     secret: str
-    user_options: Mapping[str, Any] = field(default_factory=dict)
+    user_options: Mapping[str, str | float | None] = field(default_factory=dict)
 
 
 # Given the view, raise QuotaExceeded or return the GPU ids to hold.

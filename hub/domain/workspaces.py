@@ -2,7 +2,7 @@
 
     workspaces = Workspaces(repo=repo, backend=backend, routes=routes, catalog=catalog,
                             policy=policy, clock=SystemClock())
-    record, fresh = await workspaces.launch(owner, "lab", {"environment": "jupyter"})
+    record, fresh = await workspaces.launch(owner, "lab", LaunchRequest("jupyter", memory=4 * GiB))
     record = await workspaces.wait_ready(record.id, timeout=10)
     await workspaces.stop(record.id, remove=True)      # the home volume stays
 
@@ -17,18 +17,20 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from hub.domain.accounts import TeamDirectory, User
 from hub.domain.audit import AuditLog
 from hub.domain.catalog import (
     Catalog,
     Environment,
+    LaunchRequest,
     check_server_name,
     choose_resources,
+    launch_request,
     launch_target,
 )
 from hub.domain.clock import Clock
@@ -150,7 +152,7 @@ class Workspaces:
     # Launching --------------------------------------------------------------
 
     async def environment(
-        self, name: Any, version: Any = None, owner: User | None = None
+        self, name: str, version: str | None = None, owner: User | None = None
     ) -> Environment:
         """The environment (at ``version``, default its current one) ``owner`` may launch,
         or a refusal that says why (``hub.domain.catalog.launch_target``)."""
@@ -160,7 +162,9 @@ class Workspaces:
         admin = owner is None or owner.is_admin
         return await launch_target(self._catalog, name, version, admin=admin, team_ids=team_ids)
 
-    def _decide(self, resources: Resources, env: Environment) -> Any:
+    def _decide(
+        self, resources: Resources, env: Environment
+    ) -> Callable[[AdmissionView], tuple[str, ...]]:
         def decide(view: AdmissionView) -> tuple[str, ...]:
             user, teams, host = admission_scopes(view, self._policy)
             admit(resources, user=user, teams=teams, host=host)
@@ -174,25 +178,30 @@ class Workspaces:
         return decide
 
     async def launch(
-        self, owner: User, server_name: str, body: Mapping[str, Any]
+        self, owner: User, server_name: str, request: LaunchRequest
     ) -> tuple[ServerRecord, bool]:
         """Admit and start a server; ``False`` when it was already starting or running.
 
         Every refusal (quota, environment, bad input, too busy) goes to the audit log.
         """
         try:
-            return await self._launch(owner, server_name, body)
+            return await self._launch(owner, server_name, request)
         except LabdockError as exc:
-            target = f"{owner.name}/{server_name}"
-            await self._record(owner.id, "server.launch", target, "refused", exc.message)
+            await self.refused(owner, server_name, exc)
             raise
 
+    async def refused(self, owner: User, server_name: str, error: LabdockError) -> None:
+        """Write a refused launch to the audit log: one refused here, or a request refused
+        where it was read (``hub.domain.catalog.launch_request``)."""
+        target = f"{owner.name}/{server_name}"
+        await self._record(owner.id, "server.launch", target, "refused", error.message)
+
     async def _launch(
-        self, owner: User, server_name: str, body: Mapping[str, Any]
+        self, owner: User, server_name: str, request: LaunchRequest
     ) -> tuple[ServerRecord, bool]:
         check_server_name(server_name)
-        env = await self.environment(body.get("environment"), body.get("version"), owner)
-        resources = choose_resources(env, body)
+        env = await self.environment(request.environment, request.version, owner)
+        resources = choose_resources(env, request)
         check_floor(resources, maximum=env.maximum, who=env.name)
         existing = await self._repo.get(owner.id, server_name)
         if existing is not None and existing.state in (ServerState.STARTING, ServerState.RUNNING):
@@ -209,7 +218,7 @@ class Workspaces:
             image_digest=env.image,
             resources=resources,
             secret=secrets.token_urlsafe(32),
-            user_options={k: body[k] for k in ("version", "cpus", "memory", "gpus") if k in body},
+            user_options=dict(request.options),
         )
         if self._storage is not None:  # measured, not reserved: no need for the claim lock
             await self._storage.admit(owner)
@@ -399,15 +408,17 @@ class Workspaces:
         env = await self._catalog.by_id(record.environment_id or 0)
         if env is None:
             raise NotFound("the environment of this server is no longer in the catalog")
-        body = {"environment": env.name, **record.user_options}
+        options = {**record.user_options}
         if version is not None:
-            body["version"] = version
+            options["version"] = version
         elif record.image_digest.startswith("sha256:"):
-            body["version"] = record.image_digest
-        await self.environment(env.name, body.get("version"), owner)  # refuse before stopping
+            options["version"] = record.image_digest
+        # The same choices, read as they were at the first launch (stored as it gave them).
+        request = launch_request({"environment": env.name, **options})
+        await self.environment(env.name, request.version, owner)  # refuse before stopping
         if record.state not in (ServerState.STOPPED, ServerState.FAILED):
             await self.stop(record.id, remove=True)
-        return await self.launch(owner, server_name, body)
+        return await self.launch(owner, server_name, request)
 
     # Engine events and recovery ---------------------------------------------
 
@@ -450,7 +461,7 @@ class Workspaces:
         """The latest notice about a server that still runs (an OOM-killed child), if any."""
         return self._notices.get(server_id)
 
-    async def follow_engine(self, events: Any) -> None:
+    async def follow_engine(self, events: AsyncIterable[EngineEvent]) -> None:
         """Consume an async iterator of ``EngineEvent`` until it ends or is cancelled."""
         async for event in events:
             try:

@@ -20,9 +20,10 @@ from hub.domain.accounts import User, check_team_name, may_act_on
 from hub.domain.errors import Forbidden, InvalidInput
 from hub.domain.quota_admin import QuotaStanding, quota_kind
 from hub.domain.resources import MAX_SIZE, parse_memory
+from hub.web.api_base import ApiHandler
 from hub.web.deps import WebDeps
 from hub.web.openapi import USERNAME_PATTERN, errors, json_body, json_content, param, ref
-from hub.web.servers_api import ApiHandler, user_model
+from hub.web.servers_api import user_model
 
 QUOTA_FIELDS = {"cpus": float, "memory": "size", "gpus": int, "servers": int, "storage": "size"}
 

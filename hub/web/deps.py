@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from jinja2 import Environment
 
 from hub.config import Settings
 from hub.domain.accounts import Accounts, TeamDirectory
 from hub.domain.audit import AuditLog, RefusalDigest
-from hub.domain.catalog import Catalog, ImageStore
+from hub.domain.catalog import Catalog
+from hub.domain.catalog_admin import CatalogAdmin
 from hub.domain.launch_limits import LaunchLimits
 from hub.domain.quota_admin import QuotaAdmin, QuotaStore
 from hub.domain.quotas import Limits
@@ -24,10 +24,7 @@ from hub.domain.stats import StatsReader
 from hub.domain.storage import StorageQuota
 from hub.domain.throttle import LoginThrottle
 from hub.domain.workspaces import Workspaces
-
-if TYPE_CHECKING:
-    from hub.web.catalog_api import CatalogStore
-    from hub.web.oidc import OidcLogin
+from hub.web.oidc_login import OidcLogin
 
 HealthCheck = Callable[[], Awaitable[None]]
 
@@ -58,9 +55,8 @@ class WebDeps:
     # What admission checks launches against: the host's capacity and its GPU ids.
     host_capacity: Limits = field(default_factory=Limits)
     gpu_inventory: tuple[str, ...] = field(default=())
-    # Admins' changes to the environment catalog, and the engine's images they are made from.
-    catalog_admin: CatalogStore | None = field(default=None)
-    images: ImageStore | None = field(default=None)
+    # Admins' changes to the environment catalog, made from the engine's images.
+    catalog_admin: CatalogAdmin | None = field(default=None)
     # Refusals written to the audit log at most once a minute per address and kind.
     refusals: RefusalDigest = field(default_factory=RefusalDigest)
 

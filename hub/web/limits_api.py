@@ -21,8 +21,8 @@ from typing import Any
 from hub.domain.launch_limits import LaunchLimitsReport
 from hub.domain.offers import scope_use
 from hub.domain.resources import Resources
+from hub.web.api_base import ApiHandler
 from hub.web.openapi import errors, json_content, param, ref
-from hub.web.servers_api import ApiHandler
 
 
 def _resources(r: Resources) -> dict[str, Any]:

@@ -15,12 +15,13 @@ from typing import Any
 
 from tornado.iostream import StreamClosedError
 
-from hub.domain.accounts import User, may_act_on
-from hub.domain.errors import Forbidden, InvalidInput, LaunchFailed, NotFound
+from hub.domain.accounts import User
+from hub.domain.catalog import launch_request
+from hub.domain.errors import InvalidInput, LaunchFailed
 from hub.domain.records import ServerRecord
 from hub.domain.servers import ProgressEvent, ServerState
 from hub.domain.workspaces import Notice
-from hub.web.base import BaseHandler
+from hub.web.api_base import ApiHandler
 from hub.web.openapi import errors, json_body, json_content, param, ref
 
 
@@ -84,65 +85,18 @@ def user_model(
     }
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: Python reads them, JSON has none
-
-
-def _holds_nul(value: Any) -> bool:
-    """Whether any string in a parsed JSON document holds NUL (which PostgreSQL cannot store)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str) and "\x00" in item:
-            return True
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
-class ApiHandler(BaseHandler):
-    """Shared helpers of the JSON API."""
-
-    def json_body(self) -> dict[str, Any]:
-        if not self.request.body:
-            return {}
-        try:
-            body = json.loads(self.request.body, parse_constant=_refuse_constant)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise InvalidInput("the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidInput("the request body must be a JSON object")
-        if _holds_nul(body):
-            raise InvalidInput("the request body must not contain NUL characters")
-        return body
-
-    async def owner(self, name: str, scope: str) -> User:
-        """The user named in the path, if the caller may act for them with ``scope``."""
-        actor = self.require_any(scope)
-        if not may_act_on(actor, self.scopes, scope, name):
-            # The same answer whether or not the user exists: names are not to be probed.
-            raise Forbidden(f"you may not use {scope!r} on {name!r}")
-        return actor if name == actor.name else await self.deps.accounts.get(name)
-
-    async def owned_server(self, owner: User, server: str) -> ServerRecord:
-        """``owner``'s server named ``server`` ("" is the default one), or 404."""
-        record = await self.deps.servers.get(owner.id, server)
-        if record is None:
-            raise NotFound(
-                f"{owner.name} has no server {server!r}" if server else "no default server"
-            )
-        return record
-
-
 class ServerHandler(ApiHandler):
     """``POST`` launches, ``DELETE`` stops: ``/users/{name}/server[s/{server}]``."""
 
     async def post(self, name: str, server: str = "") -> None:
         owner = await self.owner(name, "servers")
-        record, _fresh = await self.deps.workspaces.launch(owner, server, self.json_body())
+        body = self.json_body()
+        try:
+            request = launch_request(body)
+        except InvalidInput as exc:
+            await self.deps.workspaces.refused(owner, server, exc)  # audited as any refusal
+            raise
+        record, _fresh = await self.deps.workspaces.launch(owner, server, request)
         await respond_launch(self, record)
 
     async def delete(self, name: str, server: str = "") -> None:

@@ -21,8 +21,8 @@ from hub.domain.errors import BackendUnavailable, Conflict, Forbidden
 from hub.domain.records import ServerRecord
 from hub.domain.servers import ServerState
 from hub.domain.stats import LiveUsage, StatsReader, live_stats
+from hub.web.api_base import ApiHandler
 from hub.web.openapi import errors, json_content, param, ref
-from hub.web.servers_api import ApiHandler
 
 NOT_RUNNING = "the server is not running"
 

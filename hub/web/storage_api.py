@@ -17,8 +17,8 @@ from typing import Any
 
 from hub.domain.errors import BackendUnavailable
 from hub.domain.storage import Standing
+from hub.web.api_base import ApiHandler
 from hub.web.openapi import errors, json_content, param, ref
-from hub.web.servers_api import ApiHandler
 
 
 def _iso(at: datetime | None) -> str | None:

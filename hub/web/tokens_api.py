@@ -19,8 +19,8 @@ from typing import Any
 from hub.domain.accounts import MAX_NOTE, MAX_TOKEN_DAYS, TokenInfo, User
 from hub.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from hub.domain.tokens import check_may_mint, grantable, may_manage_tokens
+from hub.web.api_base import ApiHandler
 from hub.web.openapi import errors, json_body, json_content, param, ref
-from hub.web.servers_api import ApiHandler
 
 _TOKEN_ID_DIGITS = 18  # below 2**63: every id the database can hold
 
