@@ -29,6 +29,7 @@ A manifest looks like this (every key is checked; unknown keys are refused)::
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from collections.abc import Mapping
@@ -44,6 +45,8 @@ from hub.domain.catalog import (
 )
 from hub.domain.errors import ConfigError, InvalidInput, LabdockError
 from hub.domain.resources import Resources, parse_memory
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.toml"
 
@@ -117,6 +120,15 @@ def load_all(images_dir: Path) -> dict[str, EnvironmentManifest]:
             manifest = load_manifest(folder)
             found[manifest.name] = manifest
     return found
+
+
+def shipped_manifests() -> dict[str, EnvironmentManifest]:
+    """The environments shipped with labdock, or none (with a warning) when unreadable."""
+    try:
+        return load_all(images_dir())
+    except LabdockError as exc:
+        log.warning("environment manifests unreadable: %s", exc.message)
+        return {}
 
 
 def images_dir() -> Path:
