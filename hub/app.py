@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import tempfile
 from collections.abc import AsyncIterator
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import tornado.web
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hub.backends.bundle import BackendBundle, open_backend
@@ -29,7 +29,7 @@ from hub.capacity import host_capacity
 from hub.config import Settings
 from hub.db.accounts import SqlAccountRepo
 from hub.db.audit import SqlAuditLog
-from hub.db.engine import make_engine
+from hub.db.engine import make_engine, ping
 from hub.db.environments import SqlCatalog
 from hub.db.meta import hub_identity
 from hub.db.migrate import upgrade
@@ -213,6 +213,7 @@ def web_deps(
         stop_grace=settings.backend.stop_grace,
         labels=settings.labels,
     )
+    identities = OidcIdentities(SqlIdentityRepo(sessions), accounts, SystemClock())
     workspaces = Workspaces(
         repo=servers,
         teams=teams,
@@ -225,16 +226,12 @@ def web_deps(
         policy=policy,
     )
 
-    async def check_db() -> None:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-
     return WebDeps(
         settings=settings,
         accounts=accounts,
         templates=templates(),
         static_dir=resource_dir("static"),
-        check_db=check_db,
+        check_db=functools.partial(ping, engine),
         check_backend=bundle.backend.ping,
         workspaces=workspaces,
         servers=servers,
@@ -250,20 +247,10 @@ def web_deps(
             repo=servers, catalog=catalog, teams=teams, policy=policy, storage=storage
         ),
         storage=storage,
-        oidc=oidc_login(settings, sessions, accounts),
+        oidc=oidc.OidcLogin(settings.oidc, identities) if settings.oidc.issuer else None,
         stats=bundle.stats,
         host_capacity=capacity,
         gpu_inventory=gpus,
         catalog_admin=catalog,
         images=bundle.images,
     )
-
-
-def oidc_login(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession], accounts: Accounts
-) -> oidc.OidcLogin | None:
-    """Sign-in through the configured OpenID Connect provider, or ``None`` when off."""
-    if not settings.oidc.issuer:
-        return None
-    identities = OidcIdentities(SqlIdentityRepo(sessions), accounts, SystemClock())
-    return oidc.OidcLogin(settings.oidc, identities)
