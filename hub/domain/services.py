@@ -42,7 +42,9 @@ class Service(Protocol):
 class Step:
     """A service made of two actions: ``begin`` at start, ``end`` at close (either may be none)."""
 
-    def __init__(self, name: str, *, begin: Action | None = None, end: Action | None = None):
+    def __init__(
+        self, name: str, *, begin: Action | None = None, end: Action | None = None
+    ) -> None:
         self._name = name
         self._begin = begin
         self._end = end
