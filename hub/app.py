@@ -225,7 +225,6 @@ def web_deps(
         clock=SystemClock(),
         policy=policy,
     )
-
     return WebDeps(
         settings=settings,
         accounts=accounts,
