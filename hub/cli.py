@@ -43,7 +43,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from hub.app import serve
+    from hub.serve import serve
 
     asyncio.run(serve(_settings(args)))
     return 0

@@ -24,9 +24,13 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from hub.domain.errors import ConfigError
+from hub.domain.quota_admin import QuotaAmounts
+from hub.domain.quotas import Limits
 from hub.domain.resources import parse_memory
 
 ENV_PREFIX = "LABDOCK_"
+# The backends ``hub.backends.bundle.open_backend`` can build.
+BACKEND_KINDS = ("docker", "fake")
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,8 @@ class DbSettings:
 class BackendSettings:
     """Where containers run."""
 
-    kind: Literal["docker"] = "docker"
+    # "docker": one engine. "fake": in memory, nothing runs (tests, demos). "swarm": planned.
+    kind: str = "docker"
     # Empty: the SDK's default (DOCKER_HOST or the local socket).
     docker_host: str = ""
     threads: int = 16
@@ -138,6 +143,20 @@ class QuotaDefaults:
     storage_interval: float = 300.0
     # An image with `du` for the measuring helper; empty: the newest labdock/base.
     storage_image: str = ""
+
+    def user_limits(self) -> Limits:
+        """What admission allows a user with no quota of their own (storage aside)."""
+        return Limits(cpus=self.cpus, memory=self.memory, gpus=self.gpus, servers=self.servers)
+
+    def amounts(self) -> QuotaAmounts:
+        """The five limits, as the quota console shows a user's default."""
+        return QuotaAmounts(
+            cpus=self.cpus,
+            memory=self.memory,
+            gpus=self.gpus,
+            servers=self.servers,
+            storage=self.storage,
+        )
 
     def limits(self) -> dict[str, float | int | None]:
         """The five limits, as a new user's own quota row starts from them."""
@@ -285,6 +304,11 @@ def _check(settings: Settings) -> Settings:
         )
     if hub.user_domain:
         _check_user_domain(hub.user_domain, hub.public_url)
+    kind = settings.backend.kind
+    if kind not in BACKEND_KINDS:
+        accepted = ", ".join(repr(k) for k in BACKEND_KINDS)
+        planned = " is planned but not available yet" if kind == "swarm" else " is not a backend"
+        raise ConfigError(f"backend.kind: {kind!r}{planned}; accepted kinds: {accepted}")
     if settings.backend.threads < 1:
         raise ConfigError("backend.threads: must be at least 1")
     url = settings.db.url

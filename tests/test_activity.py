@@ -180,7 +180,7 @@ async def test_the_hub_writes_activity_to_the_db_when_it_stops(settings: Setting
         seen = built.activity.last_seen(server_id)
         assert seen is not None
         # The loop runs on its own; stopping the hub writes what is still pending.
-        assert "activity" in [t.get_name() for t in built.tasks]
+        assert "activity" in built.services.running
     async with build_hub(settings) as again:
         sessions = async_sessionmaker(again.engine, expire_on_commit=False)
         async with sessions() as s:

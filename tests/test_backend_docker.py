@@ -837,3 +837,23 @@ async def test_a_broken_event_stream_falls_back_to_asking_the_engine(
 
     with pytest.raises(LaunchFailed, match="exited with code 137 before it was ready"):
         await asyncio.wait_for(launch, 10)
+
+
+async def test_the_docker_engine_implements_every_port_the_hub_asks_of_an_engine() -> None:
+    from hub.backends.docker_stats import DockerStats
+    from hub.backends.docker_storage import DockerVolumeMeter
+    from hub.domain.catalog import ImageStore
+    from hub.domain.servers import Backend
+    from hub.domain.stats import StatsReader
+    from hub.domain.storage import VolumeMeter
+    from hub.images.store import EngineImages
+
+    for port, implementation in [
+        (Backend, DockerBackend),
+        (StatsReader, DockerStats),
+        (VolumeMeter, DockerVolumeMeter),
+        (ImageStore, EngineImages),
+    ]:
+        needed = {name for name in vars(port) if not name.startswith("_")}
+        missing = needed - set(dir(implementation))
+        assert not missing, f"{implementation.__name__} lacks {missing} of {port.__name__}"

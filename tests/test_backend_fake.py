@@ -166,3 +166,35 @@ async def test_volumes_outlive_their_containers_until_removed_by_name() -> None:
     await backend.remove_volume(7)
 
     assert backend.volumes == {"labdock-h1-t3-shared"}
+
+
+def port_methods(protocol: type) -> set[str]:
+    return {name for name in vars(protocol) if not name.startswith("_")}
+
+
+def test_the_fake_engine_implements_every_port_the_hub_asks_of_an_engine() -> None:
+    from hub.backends.fake_ports import FakeImages, FakeStats, FakeVolumes
+    from hub.domain.catalog import ImageStore
+    from hub.domain.servers import Backend
+    from hub.domain.stats import StatsReader
+    from hub.domain.storage import VolumeMeter
+
+    needed = {"ping", "start", "stop", "list", "logs", "events", "prepare_runtime", "close"}
+    assert port_methods(Backend) == needed
+    for port, implementation in [
+        (Backend, FakeBackend),
+        (StatsReader, FakeStats),
+        (VolumeMeter, FakeVolumes),
+        (ImageStore, FakeImages),
+    ]:
+        missing = port_methods(port) - set(dir(implementation))
+        assert not missing, f"{implementation.__name__} lacks {missing} of {port.__name__}"
+
+
+async def test_prepare_runtime_records_the_images_and_needs_the_engine() -> None:
+    backend = FakeBackend(hub_id="h1")
+    await backend.prepare_runtime(["labdock/python:1"], only_copied=True)
+    assert backend.prepared == ["labdock/python:1"]
+    backend.disconnect()
+    with pytest.raises(BackendUnavailable):
+        await backend.prepare_runtime(["labdock/python:2"])

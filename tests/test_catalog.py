@@ -17,6 +17,7 @@ from alembic import command
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub.backends.docker_config import create_args
+from hub.backends.fake_ports import FakeImages
 from hub.db.engine import make_engine, make_sync_engine
 from hub.db.environments import SeedImage, SqlCatalog, tag_label
 from hub.db.migrate import _config, upgrade
@@ -24,15 +25,17 @@ from hub.db.schema import EnvironmentVersionRow
 from hub.db.teams import SqlTeamRepo
 from hub.domain.catalog import (
     DEFAULT_SHM_SIZE,
+    BuiltImage,
     Environment,
     EnvironmentManifest,
     LaunchRequest,
     choose_resources,
     launch_target,
     manifest_of,
+    seed_catalog,
 )
 from hub.domain.clock import SystemClock
-from hub.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
+from hub.domain.errors import BackendUnavailable, Conflict, Forbidden, InvalidInput, NotFound
 from hub.domain.manifest import manifest_from_request
 from hub.domain.quotas import Limits
 from hub.domain.records import ServerRecord
@@ -81,6 +84,32 @@ def catalog(sessions: async_sessionmaker[AsyncSession]) -> SqlCatalog:
 
 
 # --- versions and seeding --------------------------------------------------------------
+
+
+class UnreachableFor(FakeImages):
+    """Images where one environment's lookup fails as a stopped engine's would."""
+
+    def __init__(self, broken: str) -> None:
+        super().__init__("t1")
+        self.broken = broken
+
+    async def built(self, environment: str) -> BuiltImage | None:
+        if environment == self.broken:
+            raise BackendUnavailable("the Docker engine is not healthy")
+        return await super().built(environment)
+
+
+async def test_seeding_from_images_records_each_built_image_and_skips_what_cannot_be_looked_up(
+    catalog: SqlCatalog,
+) -> None:
+    images = UnreachableFor("down")
+    images.add("labdock/tiny:111111111111", DIGEST_A, built_for="tiny")
+    manifests = {"tiny": manifest(), "down": manifest("down"), "unbuilt": manifest("unbuilt")}
+    assert await seed_catalog(catalog, images, manifests) == [("tiny", "111111111111")]
+    tiny = await catalog.get("tiny")
+    assert tiny is not None and tiny.image == DIGEST_A
+    assert await catalog.get("down") is None and await catalog.get("unbuilt") is None
+    assert await seed_catalog(catalog, images, manifests) == []  # the same image: nothing new
 
 
 async def test_a_new_build_becomes_the_current_version_and_the_old_one_stays_launchable(

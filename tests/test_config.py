@@ -94,3 +94,23 @@ def test_booleans_are_spelled_plainly() -> None:
     assert load_settings(env={"LABDOCK_DB_ECHO": "yes"}).db.echo is True
     with pytest.raises(ConfigError, match=r"db\.echo: expected true or false"):
         load_settings(env={"LABDOCK_DB_ECHO": "maybe"})
+
+
+def test_backend_kind_is_docker_by_default_and_read_from_the_environment() -> None:
+    assert load_settings().backend.kind == "docker"
+    assert load_settings(env={"LABDOCK_BACKEND_KIND": "fake"}).backend.kind == "fake"
+
+
+def test_swarm_backend_is_refused_as_not_yet_available_naming_the_accepted_kinds(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(write(tmp_path, "[backend]\nkind = 'swarm'\n"))
+    message = refused.value.message
+    assert message.startswith("backend.kind: 'swarm' is planned but not available yet")
+    assert "'docker'" in message and "'fake'" in message
+
+
+def test_unknown_backend_kind_is_refused_naming_the_accepted_kinds() -> None:
+    with pytest.raises(ConfigError, match=r"backend.kind: 'k8s' is not a backend; accepted kinds"):
+        load_settings(env={"LABDOCK_BACKEND_KIND": "k8s"})

@@ -412,7 +412,7 @@ async def test_storage_meter_counts_homes_not_runtime_copies(
     try:
         measured = await meter.measure()
     finally:
-        meter.close()
+        await meter.close()
     assert [(u.name, u.user_id) for u in measured] == [(home_volume_name(hub_id, 7), 7)]
 
 

@@ -19,6 +19,7 @@ The helper needs an image with ``du``: the configured one, else the newest
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -86,12 +87,16 @@ class DockerVolumeMeter:
         """Every volume of this hub with its size; raises when the engine cannot tell."""
         return await self._call(self._measure)
 
-    def close(self) -> None:
-        """Remove any helper still measuring, and start no more (blocking).
+    async def close(self) -> None:
+        """Remove any helper still measuring, and start no more.
 
         A cancelled measurement goes on in its executor thread; without this, a helper
-        would outlive the hub and hold its volumes open.
+        would outlive the hub and hold its volumes open. The removal runs on the
+        loop's default executor: the hub's own may be busy with that measurement.
         """
+        await asyncio.get_running_loop().run_in_executor(None, self._close)
+
+    def _close(self) -> None:
         with self._lock:
             self._closed = True
             running = list(self._running)

@@ -56,7 +56,7 @@ import contextlib
 import inspect
 import ipaddress
 import secrets
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from hub.backends.docker_names import container_name, home_volume_name, team_volume_name
@@ -205,6 +205,8 @@ class FakeBackend:
         self._addresses = 0
         # What the hub asked the engine to change, in order: ("start" | "stop" | "remove", id).
         self.calls: builtins.list[tuple[str, int]] = []
+        # The images ``prepare_runtime`` was asked about, in order.
+        self.prepared: builtins.list[str] = []
 
     @property
     def hub_id(self) -> str:
@@ -243,6 +245,13 @@ class FakeBackend:
         """Delete a user's home volume (an explicit admin action). Missing is fine."""
         self._check()
         self._volumes.discard(home_volume_name(self._hub_id, user_id))
+
+    async def prepare_runtime(
+        self, images: Iterable[str], *, only_copied: bool = False
+    ) -> None:
+        """Nothing to prepare: fake servers start from nothing. Records what was asked."""
+        self._check()
+        self.prepared.extend(images)
 
     async def close(self) -> None:
         """Stop every scripted behaviour and end the event streams (containers stay)."""

@@ -5,6 +5,8 @@
     ...
     wall.remove()       # at close; the next install also clears what a killed hub left
 
+    guard = HostGuard(wall, executor=pool)   # the same, as a hub service (``hub.app``)
+
 A container on the hub's bridge reaches every address of the host (the
 bridge's gateway and the host's other addresses) and so every host service
 listening on 0.0.0.0. Packets a container sends to the host enter the host's
@@ -29,12 +31,14 @@ network has no IPv6 unless an operator enabled it).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -154,6 +158,45 @@ class HostFirewall:
         if _run(path, "-S", chain, check=False).returncode == 0:
             _run(path, "-F", chain)
             _run(path, "-X", chain)
+
+
+class HostGuard:
+    """The host firewall as a hub service: installed at start, removed at close.
+
+    With no firewall (``backend.host_firewall`` off, or an engine on another
+    machine) it only warns, at start, that workspaces can reach host services.
+    A firewall that cannot be installed (not root, no iptables) warns too, and
+    the hub runs on.
+    """
+
+    name = "host-firewall"
+
+    def __init__(
+        self, firewall: HostFirewall | None, *, executor: Executor, off_because: str = ""
+    ) -> None:
+        self.firewall = firewall
+        self._executor = executor
+        self._off_because = off_because
+
+    async def start(self) -> None:
+        if self.firewall is None:
+            log.warning("%s", self._off_because)
+            return
+        loop = asyncio.get_running_loop()
+        state = await loop.run_in_executor(self._executor, self.firewall.install)
+        if state == "on":
+            log.info("host firewall on: chain %s", self.firewall.chain)
+        else:
+            log.warning(
+                "host firewall %s; workspaces can reach host services listening on 0.0.0.0 "
+                "(run the hub as root with iptables, or set backend.host_firewall = false)",
+                state,
+            )
+
+    async def close(self) -> None:
+        if self.firewall is not None:
+            # The default executor: the hub's own is drained after services close.
+            await asyncio.get_running_loop().run_in_executor(None, self.firewall.remove)
 
 
 def _which(tool: str) -> str | None:

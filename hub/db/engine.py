@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import (
@@ -129,3 +129,9 @@ async def writing(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[A
     async with sessions() as s, s.begin():
         await s.connection(execution_options=IMMEDIATE)
         yield s
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Raise when the database does not answer a trivial query (the health check)."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))

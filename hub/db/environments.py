@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +33,7 @@ from hub.domain.catalog import (
     Environment,
     EnvironmentInfo,
     EnvironmentManifest,
+    SeedImage,
     Version,
     check_policy,
     manifest_of,
@@ -43,15 +43,6 @@ from hub.domain.errors import Conflict, InvalidInput, NotFound
 from hub.domain.resources import Resources
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SeedImage:
-    """A built environment image: its manifest, its tag and its digest (image id)."""
-
-    manifest: EnvironmentManifest
-    tag: str
-    digest: str
 
 
 def _res(r: Resources) -> dict[str, Any]:

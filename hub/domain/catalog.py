@@ -25,6 +25,7 @@ running; only new launches and restarts are refused.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from typing import Literal, Protocol
 
 from hub.domain.errors import Forbidden, InvalidInput, NotFound
 from hub.domain.resources import Resources, format_memory, parse_memory
+
+log = logging.getLogger(__name__)
 
 _SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
 ENVIRONMENT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
@@ -433,8 +436,28 @@ async def launch_target(
     return env
 
 
+@dataclass(frozen=True)
+class BuiltImage:
+    """An environment's image as ``labdock images build`` made it: its tag and digest (id)."""
+
+    tag: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class SeedImage:
+    """A built environment image: its manifest, its tag and its digest (image id)."""
+
+    manifest: EnvironmentManifest
+    tag: str
+    digest: str
+
+
 class ImageStore(Protocol):
     """The images on the engine, as the catalog needs them (no registry: nothing is pulled)."""
+
+    async def built(self, environment: str) -> BuiltImage | None:
+        """The image built from the environment's current files, or None when not built yet."""
 
     async def resolve(self, reference: str) -> str | None:
         """The digest (image id) of a local image, or None when the engine has no such image."""
@@ -445,3 +468,36 @@ class ImageStore(Protocol):
 
         ``Conflict`` when that tag already names another image.
         """
+
+
+class SeedableCatalog(Protocol):
+    """A catalog that records built images as versions (``hub.db.environments.SqlCatalog``)."""
+
+    async def seed(self, built: Mapping[str, SeedImage]) -> list[tuple[str, str]]:
+        """Record each built image as its environment's version; return the new (name, label)."""
+
+
+async def seed_catalog(
+    catalog: SeedableCatalog,
+    images: ImageStore,
+    manifests: Mapping[str, EnvironmentManifest],
+) -> list[tuple[str, str]]:
+    """Record every built environment image in the catalog, pinned by image id.
+
+    A new image becomes a new version; earlier versions stay. An image that
+    cannot be looked up (the engine is down, the image is gone) changes nothing:
+    the catalog keeps its rows. Returns the new versions as (name, label).
+    """
+    found: dict[str, SeedImage] = {}
+    for name, manifest in manifests.items():
+        try:
+            image = await images.built(name)
+        except Exception as exc:
+            log.warning("cannot look up the image of %s: %s", name, exc)
+            continue
+        if image is not None:
+            found[name] = SeedImage(manifest, image.tag, image.digest)
+    added = await catalog.seed(found) if found else []
+    for name, label in added:
+        log.info("environment %s: new version %s is now current", name, label)
+    return added

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import enum
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -153,7 +153,13 @@ class EngineEvent:
 
 
 class Backend(Protocol):
-    """Runs servers as containers. Implementations: docker (one engine), swarm."""
+    """Runs servers as containers: everything the hub asks of an engine.
+
+    Implementations: ``hub.backends.docker`` (one engine) and ``hub.backends.fake``
+    (in memory, for tests); a Swarm backend is next. Live statistics, storage
+    measurement and images are separate ports (``hub.domain.stats.StatsReader``,
+    ``hub.domain.storage.VolumeMeter``, ``hub.domain.catalog.ImageStore``).
+    """
 
     async def ping(self) -> None:
         """Raise ``BackendUnavailable`` when the engine cannot be reached."""
@@ -169,3 +175,17 @@ class Backend(Protocol):
 
     async def logs(self, server_id: int, tail: int = 20) -> builtins.list[str]:
         """The last ``tail`` lines of a server's output."""
+
+    def events(self) -> AsyncIterator[EngineEvent]:
+        """``start``, ``die`` (with exit code) and ``oom`` events of this hub's containers.
+
+        The stream raises ``BackendUnavailable`` when it breaks; the hub then
+        reconciles with ``list()`` and subscribes again.
+        """
+
+    async def prepare_runtime(self, images: Iterable[str], *, only_copied: bool = False) -> None:
+        """Make whatever lets servers of ``images`` start faster (Docker: runtime volumes);
+        ``only_copied``: only check what was made before. Launches never wait for it."""
+
+    async def close(self) -> None:
+        """Stop background work of the backend (event subscriptions, copies under way)."""

@@ -47,7 +47,11 @@ class VolumeUse:
 class VolumeMeter(Protocol):
     """Measures every volume of this hub (the Docker backend runs a ``du`` helper)."""
 
-    async def measure(self) -> list[VolumeUse]: ...
+    async def measure(self) -> list[VolumeUse]:
+        """Every volume of this hub with its size; raises when the engine cannot tell."""
+
+    async def close(self) -> None:
+        """End any measurement under way, and start no more."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ any two steps is repaired by ``reconcile`` at the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -468,6 +469,22 @@ class Workspaces:
                 await self.on_engine_event(event)
             except Exception:
                 log.exception("could not handle engine event %s", event)
+
+    async def watch_engine(self) -> None:
+        """Follow the backend's events for ever; after a break, reconcile and follow again."""
+        delay = 1.0
+        while True:
+            try:
+                await self.follow_engine(self._backend.events())
+                delay = 1.0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("engine event stream broke (%s); retrying in %.0f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            with contextlib.suppress(Exception):
+                await self.reconcile()
 
     async def reconcile(self) -> None:
         """Bring rows, containers and routes into agreement after a (re)start.

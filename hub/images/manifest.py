@@ -29,13 +29,16 @@ A manifest looks like this (every key is checked; unknown keys are refused)::
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from pathlib import Path
 
 import hub
 from hub.domain.catalog import EnvironmentManifest
-from hub.domain.errors import ConfigError
+from hub.domain.errors import ConfigError, LabdockError
 from hub.domain.manifest import ManifestReader
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.toml"
 
@@ -63,6 +66,15 @@ def load_all(images_dir: Path) -> dict[str, EnvironmentManifest]:
             manifest = load_manifest(folder)
             found[manifest.name] = manifest
     return found
+
+
+def shipped_manifests() -> dict[str, EnvironmentManifest]:
+    """The environments shipped with labdock, or none (with a warning) when unreadable."""
+    try:
+        return load_all(images_dir())
+    except LabdockError as exc:
+        log.warning("environment manifests unreadable: %s", exc.message)
+        return {}
 
 
 def images_dir() -> Path:

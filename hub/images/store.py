@@ -3,6 +3,7 @@
     images = EngineImages(docker.from_env(), executor, hub_id="h3f9a2c1")
     digest = await images.resolve("myorg/rstudio:4.3")      # "sha256:..." or None
     tag = await images.pin("rstudio", "4.3", digest)         # "labdock/h3f9a2c1/rstudio:4.3"
+    await images.built("python")          # BuiltImage(tag="labdock/python:5be0...", digest=...)
 
 Nothing is ever pulled: an environment can only be made from an image that is
 already on the engine. Each version an admin adds is kept tagged, because an
@@ -20,7 +21,9 @@ import docker
 import docker.errors
 
 from hub.backends.engine_calls import EngineCalls
+from hub.domain.catalog import BuiltImage
 from hub.domain.errors import Conflict, InvalidInput
+from hub.images.build import latest_tag
 
 # Docker's reference grammar, loosely: [host[:port]/]path[:tag][@digest], or a bare image id.
 _REFERENCE = re.compile(
@@ -60,6 +63,15 @@ class EngineImages:
                 return str(self._client.images.get(reference).id)
             except docker.errors.ImageNotFound:
                 return None
+
+        return await self._call(look)
+
+    async def built(self, environment: str) -> BuiltImage | None:
+        def look() -> BuiltImage | None:
+            tag = latest_tag(self._client, environment)
+            if tag is None:
+                return None
+            return BuiltImage(tag, str(self._client.images.get(tag).id))
 
         return await self._call(look)
 
