@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import docker
@@ -77,20 +76,10 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-engine-calls")
 
 
-@pytest.fixture
-def client() -> Iterator[docker.DockerClient]:
-    engine = docker.from_env()
-    try:
-        engine.ping()
-    except Exception as exc:
-        pytest.fail(f"this test needs a reachable Docker engine: {exc}")
-    yield engine
-    engine.close()
-
-
 async def test_on_the_real_engine_an_absent_container_is_not_found_and_no_engine_unavailable(
-    client: docker.DockerClient,
+    docker_client: docker.DockerClient,
 ) -> None:
+    client = docker_client
     calls = EngineCalls(client, _pool())
     with pytest.raises(NotFound, match="No such container"):
         await calls(client.containers.get, "labdock-absent-" + secrets.token_hex(6))
