@@ -19,7 +19,7 @@ from hub.db.quotas import SqlQuotaRepo
 from hub.db.teams import SqlTeamRepo
 from hub.domain.accounts import Accounts, TokenInfo, check_scopes, check_team_name
 from hub.domain.clock import SystemClock
-from hub.domain.quota_admin import QuotaAdmin, QuotaAmounts, QuotaKind
+from hub.domain.quota_admin import QuotaAdmin, QuotaKind
 from hub.passwords import Argon2Hasher
 
 
@@ -106,19 +106,12 @@ async def set_quota(
     engine = make_engine(settings.db_url)
     try:
         sessions = async_sessionmaker(engine, expire_on_commit=False)
-        quota = settings.quota
         admin = QuotaAdmin(
             store=SqlQuotaRepo(sessions),
             accounts=Accounts(SqlAccountRepo(sessions), Argon2Hasher(), SystemClock()),
             teams=SqlTeamRepo(sessions),
             audit=SqlAuditLog(sessions),
-            user_default=QuotaAmounts(
-                cpus=quota.cpus,
-                memory=quota.memory,
-                gpus=quota.gpus,
-                servers=quota.servers,
-                storage=quota.storage,
-            ),
+            user_default=settings.quota.amounts(),
         )
         kind: QuotaKind = "users" if user is not None else "teams"
         name = user if user is not None else team
