@@ -58,7 +58,7 @@ from hub.proxy.user_hosts import UserHosts
 from hub.services import hub_services
 from hub.web.application import make_app, resource_dir, templates
 from hub.web.application import make_routes as make_routes
-from hub.web.deps import WebDeps
+from hub.web.deps import WebDeps, WebSettings
 from hub.web.listener import WebFront
 from hub.web.metrics import HubMetrics
 from hub.web.oidc_login import OidcLogin
@@ -70,6 +70,7 @@ from hub.web.user_host_pages import hub_host_routes, user_host_rules
 class Hub:
     """A wired hub: its app, its parts, and its services (``close`` closes them, in reverse)."""
 
+    settings: Settings
     app: tornado.web.Application
     deps: WebDeps
     engine: AsyncEngine
@@ -104,6 +105,19 @@ class Hub:
         await self.services.close()
 
 
+def user_hosts(settings: Settings, secret: bytes) -> UserHosts | None:
+    """Subdomain mode's user hosts (``hub.user_domain``), or ``None`` in path mode."""
+    hub = settings.hub
+    if not hub.user_domain:
+        return None
+    return UserHosts(
+        domain=hub.user_domain,
+        hub_url=hub.public_url,
+        secret=secret,
+        max_age_days=hub.session_hours / 24 + 1,
+    )
+
+
 @contextlib.asynccontextmanager
 async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
     """Migrate, build every collaborator, start the services; close them all on exit."""
@@ -128,7 +142,7 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
     secret = cookie_secret(settings)
     hub_socket = str(Path(tempfile.gettempdir()) / f"labdock-{secrets.token_hex(8)}" / "hub.sock")
     # Subdomain mode: users' servers on hosts of their own (None: under the hub's own host).
-    hosts = UserHosts.from_settings(settings, secret=secret)
+    hosts = user_hosts(settings, secret)
     front = front_proxy(
         deps, routes, activity, hub=f"unix:{hub_socket}", cookie_secret=secret, hosts=hosts
     )
@@ -166,6 +180,7 @@ async def build_hub(settings: Settings) -> AsyncIterator[Hub]:
         web=web,
     )
     built = Hub(
+        settings=settings,
         app=app,
         deps=deps,
         engine=engine,
@@ -227,7 +242,13 @@ def web_deps(
         policy=policy,
     )
     return WebDeps(
-        settings=settings,
+        settings=WebSettings(
+            public_url=settings.hub.public_url,
+            session_hours=settings.hub.session_hours,
+            launch_wait=settings.hub.launch_wait,
+            request_head_timeout=settings.hub.request_head_timeout,
+            max_connections_per_client=settings.hub.max_connections_per_client,
+        ),
         accounts=accounts,
         templates=templates(),
         static_dir=resource_dir("static"),

@@ -130,7 +130,7 @@ async def test_setting_one_limit_of_a_user_keeps_the_defaults_for_the_others(
     await call(hub_server, root, "POST", "/users/ann", {})
     put = await call(hub_server, root, "PUT", "/quotas/users/ann", {"cpus": 8})
     assert put.code == 200, put.body
-    defaults = hub_server.hub.deps.settings.quota
+    defaults = hub_server.hub.settings.quota
     limits = json.loads(put.body)["limits"]
     assert limits["cpus"] == 8
     assert (limits["memory"], limits["storage"]) == (defaults.memory, defaults.storage)

@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from hub.domain.audit import AuditEntry
 from hub.domain.resources import GiB
+from hub.web.base import BaseHandler
 from tests.conftest import RunningHub
 from tests.test_servers_api import busybox_env, test_image  # noqa: F401 - a fixture
 from tests.test_web import Browser
@@ -62,7 +63,8 @@ async def user_browser(hub: RunningHub, name: str) -> Browser:
 
 
 async def entries(hub: RunningHub, **filters: Any) -> list[AuditEntry]:
-    """Audit entries, waiting briefly for refusals that are written after the response."""
+    """Audit entries, once the refusals written after their responses have landed."""
+    await asyncio.gather(*list(BaseHandler._audit_writes), return_exceptions=True)
     audit = hub.hub.deps.audit
     for _ in range(50):
         found = await audit.page(limit=500, **filters)

@@ -193,7 +193,7 @@ async def test_schemathesis_finds_no_server_errors_and_nothing_outside_the_spec(
     live_hub: RunningHub, tmp_path: Path
 ) -> None:
     accounts = live_hub.hub.deps.accounts
-    admin = await accounts.get(live_hub.hub.deps.settings.hub.admin_user)
+    admin = await accounts.get(live_hub.hub.settings.hub.admin_user)
     auth = f"Authorization: token {await accounts.create_token(admin, scopes=SCOPES)}"
     failed = []
     # The coverage phase (boundary values of every field) costs the most time; the
@@ -216,7 +216,7 @@ async def test_schemathesis_finds_no_server_errors_and_nothing_outside_the_spec(
 async def test_progress_events_carry_the_described_progress_event(live_hub: RunningHub) -> None:
     # schemathesis checks the event frames; the JSON inside each data line is checked here.
     accounts = live_hub.hub.deps.accounts
-    admin = await accounts.get(live_hub.hub.deps.settings.hub.admin_user)
+    admin = await accounts.get(live_hub.hub.settings.hub.admin_user)
     headers = {"Authorization": f"token {await accounts.create_token(admin, scopes=SCOPES)}"}
     launch = await live_hub.fetch(
         "/hub/api/users/admin/servers/lab",
@@ -258,7 +258,7 @@ def documented(method: str, path: str, status: int) -> bool:
 async def answers(hub: RunningHub, cases: list[tuple[str, str, Any, int]]) -> list[str]:
     """Send each case as the admin; list those whose answer differs or is undocumented."""
     accounts = hub.hub.deps.accounts
-    admin = await accounts.get(hub.hub.deps.settings.hub.admin_user)
+    admin = await accounts.get(hub.hub.settings.hub.admin_user)
     token = await accounts.create_token(admin, scopes=SCOPES)
     wrong = []
     for method, path, body, expected in cases:

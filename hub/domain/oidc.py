@@ -42,6 +42,29 @@ def s256(verifier: str) -> str:
 
 
 @dataclass(frozen=True)
+class OidcSettings:
+    """Login through a generic OpenID Connect provider, beside local accounts.
+
+    Empty ``issuer``: off. The provider must allow the redirect URI
+    ``<hub.public_url>/hub/oauth_callback``.
+    """
+
+    issuer: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    scopes: str = "openid profile email"
+    # The claim that names the local user on first login.
+    username_claim: str = "preferred_username"
+    # Shown on the login page as "Sign in with <name>"; empty: the issuer's host.
+    name: str = ""
+    groups_claim: str = "groups"
+    # Comma-separated groups; empty allowed_groups lets in anyone the provider signs in.
+    allowed_groups: str = ""
+    # Members of these groups are made admins (and others unmade) at each login.
+    admin_groups: str = ""
+
+
+@dataclass(frozen=True)
 class Flow:
     """One sign-in in progress, kept in a signed short-lived cookie between the two legs."""
 

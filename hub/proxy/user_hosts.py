@@ -1,6 +1,7 @@
 """Subdomain mode: each user's servers on a host of their own, ``<name>.<user_domain>``.
 
-    hosts = UserHosts.from_settings(settings, secret=b"...")   # None in path mode
+    hosts = UserHosts(domain="users.example.org", hub_url="https://hub.example.org",
+                      secret=b"...", max_age_days=1.5)
     hosts.owner_of("alice.users.example.org")        # "alice"
     hosts.origin_of("alice")                         # "https://alice.users.example.org"
     hosts.session_in("alice.users.example.org", cookie_header)   # a hub session id, or None
@@ -50,7 +51,6 @@ from urllib.parse import urlsplit
 
 from tornado.web import create_signed_value, decode_signed_value
 
-from hub.config import Settings
 from hub.domain.accounts import check_username
 from hub.domain.errors import InvalidInput
 from hub.domain.routes import canonical_path
@@ -184,19 +184,6 @@ class UserHosts:
         self.codes = codes if codes is not None else AuthCodes()
         self.host_pattern = r".+\." + re.escape(self.domain)
         self._owners: dict[str, str | None] = {}
-
-    @classmethod
-    def from_settings(cls, settings: Settings, *, secret: bytes) -> UserHosts | None:
-        """The user hosts that ``hub.user_domain`` names, or ``None`` in path mode."""
-        hub = settings.hub
-        if not hub.user_domain:
-            return None
-        return cls(
-            domain=hub.user_domain,
-            hub_url=hub.public_url,
-            secret=secret,
-            max_age_days=hub.session_hours / 24 + 1,
-        )
 
     # Names and addresses --------------------------------------------------
 

@@ -377,7 +377,7 @@ async def show_teams(page: AdminPage, status: int = 200, **context: Any) -> None
         }
         for name, standing in overview.users.items()
     ]
-    q = page.deps.settings.quota
+    q = page.deps.quota_admin.user_default
     context.setdefault(
         "default_quota",
         ", ".join(

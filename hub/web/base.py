@@ -139,7 +139,7 @@ class BaseHandler(tornado.web.RequestHandler):
             return False
         given = f"{parts.scheme}://{parts.netloc}".lower()
         own = f"{self.request.protocol}://{self.request.host}".lower()
-        public = urlsplit(self.deps.settings.hub.public_url)
+        public = urlsplit(self.deps.settings.public_url)
         return given == own or (
             bool(public.netloc) and given == f"{public.scheme}://{public.netloc}".lower()
         )
@@ -150,7 +150,7 @@ class BaseHandler(tornado.web.RequestHandler):
             return self._fresh_session
         raw = self.get_signed_cookie(
             self.deps.session_cookie,
-            max_age_days=self.deps.settings.hub.session_hours / 24 + 1,
+            max_age_days=self.deps.settings.session_hours / 24 + 1,
         )
         return raw.decode() if raw else None
 
@@ -205,7 +205,7 @@ class BaseHandler(tornado.web.RequestHandler):
     async def _user_from_cookie(self) -> User | None:
         raw = self.get_signed_cookie(
             self.deps.session_cookie,
-            max_age_days=self.deps.settings.hub.session_hours / 24 + 1,
+            max_age_days=self.deps.settings.session_hours / 24 + 1,
         )
         if not raw:
             return None
@@ -218,7 +218,7 @@ class BaseHandler(tornado.web.RequestHandler):
         ``__Host-`` behind HTTPS; a session cookie that the server-side row bounds in time.
         """
         session_id = await self.deps.accounts.start_session(
-            user, hours=self.deps.settings.hub.session_hours
+            user, hours=self.deps.settings.session_hours
         )
         self.set_signed_cookie(
             self.deps.session_cookie,

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from jinja2 import Environment
 
-from hub.config import Settings
 from hub.domain.accounts import Accounts, TeamDirectory
 from hub.domain.audit import AuditLog, RefusalDigest
 from hub.domain.catalog import Catalog
@@ -30,10 +29,25 @@ HealthCheck = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """What the handlers read of the hub's settings (``hub.app`` copies them from ``[hub]``)."""
+
+    # The hub's public URL (``https://...`` behind TLS: Secure ``__Host-`` cookies).
+    public_url: str = ""
+    # How long a browser session lasts.
+    session_hours: float = 12.0
+    # How long a launch request waits for readiness before answering 202.
+    launch_wait: float = 30.0
+    # Seconds a client may take to send one request head, and connections per address.
+    request_head_timeout: float = 30.0
+    max_connections_per_client: int = 256
+
+
+@dataclass(frozen=True)
 class WebDeps:
     """The collaborators of every handler, built once in ``hub.app``."""
 
-    settings: Settings
+    settings: WebSettings
     accounts: Accounts
     templates: Environment
     static_dir: Path
@@ -62,7 +76,7 @@ class WebDeps:
 
     @property
     def secure_cookies(self) -> bool:
-        return self.settings.hub.public_url.startswith("https://")
+        return self.settings.public_url.startswith("https://")
 
     @property
     def session_cookie(self) -> str:

@@ -11,25 +11,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Protocol
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-
-class Front(Protocol):
-    """The public listener (``FrontProxy``)."""
-
-    async def listen(self, host: str, port: int) -> int: ...
-
-    async def close(self) -> None: ...
-
-
-class Pool(Protocol):
-    """Connections kept open to users' servers (``UpstreamPool``)."""
-
-    def close(self) -> None: ...
+from hub.proxy.fast import FrontProxy
+from hub.proxy.upstream import UpstreamPool
 
 
 class WebFront:
@@ -39,7 +27,11 @@ class WebFront:
     name = "web"
 
     def __init__(
-        self, app: tornado.web.Application, front: Front, upstream: Pool, hub_socket: str
+        self,
+        app: tornado.web.Application,
+        front: FrontProxy,
+        upstream: UpstreamPool,
+        hub_socket: str,
     ) -> None:
         self.app = app
         self.front = front

@@ -45,7 +45,7 @@ class OidcHandler(BaseHandler):
         return "__Host-labdock-oidc" if self.deps.secure_cookies else "labdock-oidc"
 
     def redirect_uri(self) -> str:
-        base = self.deps.settings.hub.public_url.rstrip("/")
+        base = self.deps.settings.public_url.rstrip("/")
         if not base:
             base = f"{self.request.protocol}://{self.request.host}"
         return base + "/hub/oauth_callback"

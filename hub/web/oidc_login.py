@@ -30,13 +30,13 @@ from urllib.parse import quote, urlencode, urlsplit
 import jwt
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 
-from hub.config import OidcSettings
 from hub.domain.accounts import User
 from hub.domain.errors import BackendUnavailable, InvalidInput, Unauthorized
 from hub.domain.oidc import (
     Flow,
     GroupPolicy,
     OidcIdentities,
+    OidcSettings,
     Person,
     claims_subject,
     groups_from,

@@ -121,7 +121,7 @@ def proxy_routes(
     ``tunnels`` watches open WebSockets and streams (the front's, so that one
     registry holds both paths'); by default one of its own.
     """
-    public = urlsplit(deps.settings.hub.public_url)
+    public = urlsplit(deps.settings.public_url)
     settings = ProxySettings(
         routes=routes,
         activity=activity,
@@ -257,7 +257,7 @@ class ProxyHandler(WebSocketHandler, BaseHandler):
         if token is not None:
             return ("token", token)
         raw = self.get_signed_cookie(
-            self.deps.session_cookie, max_age_days=self.deps.settings.hub.session_hours / 24 + 1
+            self.deps.session_cookie, max_age_days=self.deps.settings.session_hours / 24 + 1
         )
         return ("session", raw.decode()) if raw else None
 

@@ -67,7 +67,7 @@ def front_proxy(
     With ``hosts`` (subdomain mode), ``/user/`` paths pass only on their
     owner's host (``hub.proxy.user_hosts``).
     """
-    hub_settings = deps.settings.hub
+    hub_settings = deps.settings
     public = urlsplit(hub_settings.public_url)
     auth = ProxyAuth(
         deps.accounts,

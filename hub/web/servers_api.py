@@ -133,7 +133,7 @@ async def respond_launch(handler: ApiHandler, record: ServerRecord) -> None:
     """201 once ready (waiting up to ``hub.launch_wait``), 202 while starting, 502 if it failed."""
     workspaces = handler.deps.workspaces
     if record.state == ServerState.STARTING:
-        record = await workspaces.wait_ready(record.id, handler.deps.settings.hub.launch_wait)
+        record = await workspaces.wait_ready(record.id, handler.deps.settings.launch_wait)
     if record.state == ServerState.FAILED:
         latest = workspaces.progress.latest(record.id)
         raise LaunchFailed(latest.message if latest else record.stopped_reason or "failed")

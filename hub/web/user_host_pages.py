@@ -1,6 +1,6 @@
 """The handlers of subdomain mode (see ``hub.proxy.user_hosts`` for the flow).
 
-    hosts = UserHosts.from_settings(settings, secret=secret)
+    hosts = UserHosts(domain=..., hub_url=..., secret=secret, max_age_days=1.5)
     app = make_app(deps, secret, hub_host_routes(deps, hosts, routes))
     app.add_handlers(*user_host_rules(deps, hosts, routes, activity, upstream, tunnels))
 
@@ -98,7 +98,7 @@ class UserAuthHandler(BaseHandler):
         if not self.hosts.valid_state(state):
             raise InvalidInput("state: missing or malformed; open the server's address again")
         raw = self.get_signed_cookie(
-            self.deps.session_cookie, max_age_days=self.deps.settings.hub.session_hours / 24 + 1
+            self.deps.session_cookie, max_age_days=self.deps.settings.session_hours / 24 + 1
         )
         session_user = await self.deps.accounts.session_user(raw.decode()) if raw else None
         if raw is None or session_user is None or session_user.id != user.id:
