@@ -29,6 +29,7 @@ from hub.domain.catalog import (
     Environment,
     EnvironmentManifest,
     LaunchRequest,
+    check_policy,
     choose_resources,
     launch_target,
     manifest_of,
@@ -309,6 +310,13 @@ async def test_gpus_in_the_policy_need_a_gpu_version(catalog: SqlCatalog) -> Non
         await catalog.update("cuda", version="cpu")
     env = await catalog.get("cuda")
     assert env is not None and env.version == "gpu"
+
+
+def test_a_default_below_the_cpu_floor_is_refused_when_the_policy_is_saved() -> None:
+    """Less than 0.01 CPU is no limit to the engine: such a default could never launch."""
+    with pytest.raises(InvalidInput, match=r"resources.default.cpus: at least 0.01"):
+        check_policy("tiny", Resources(0.001, 128 * MiB), Resources(2, GiB), gpu=False)
+    check_policy("small", Resources(0.01, 128 * MiB), Resources(2, GiB), gpu=False)
 
 
 # --- what a launch may name -------------------------------------------------------------

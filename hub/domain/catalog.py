@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from hub.domain.errors import Forbidden, InvalidInput, NotFound
-from hub.domain.resources import Resources, format_memory, parse_memory
+from hub.domain.resources import MIN_CPUS, MIN_MEMORY, Resources, format_memory, parse_memory
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +233,11 @@ def check_policy(env_name: str, default: Resources, maximum: Resources, gpu: boo
     for key in ("cpus", "memory", "gpus"):
         if getattr(default, key) > getattr(maximum, key):
             raise InvalidInput(f"resources.default.{key}: must not exceed resources.maximum")
-    if default.memory < 64 * 1024**2:
-        raise InvalidInput("resources.default.memory: at least 64 MiB")
+    if default.memory < MIN_MEMORY:
+        raise InvalidInput(f"resources.default.memory: at least {format_memory(MIN_MEMORY)}")
+    if default.cpus < MIN_CPUS:
+        # Less is no CPU limit at all to the engine: such a default could never launch.
+        raise InvalidInput(f"resources.default.cpus: at least {MIN_CPUS:g}")
     if maximum.cpus > MAX_CPUS or maximum.memory > MAX_MEMORY or maximum.gpus > MAX_GPUS:
         raise InvalidInput(
             f"resources.maximum: at most {MAX_CPUS} CPUs, 1 PiB of memory and {MAX_GPUS} GPUs"
