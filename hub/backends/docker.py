@@ -54,7 +54,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import inspect
 import logging
 import math
 import re
@@ -105,6 +104,7 @@ from hub.domain.servers import (
     ProgressEvent,
     ProgressSink,
     ServerSpec,
+    emit,
 )
 
 log = logging.getLogger(__name__)
@@ -123,12 +123,6 @@ class _Image:
 
     user: str
     runtime: RuntimeImage
-
-
-async def _emit(progress: ProgressSink, event: ProgressEvent) -> None:
-    result = progress(event)
-    if inspect.isawaitable(result):
-        await result
 
 
 class DockerBackend:
@@ -291,8 +285,8 @@ class DockerBackend:
         try:
             image = await self._image(spec.image)
             image_user = image.user
-            await _emit(progress, ProgressEvent(10, f"image {spec.image} is ready"))
-            await _emit(progress, ProgressEvent(20, "creating the container"))
+            await emit(progress, ProgressEvent(10, f"image {spec.image} is ready"))
+            await emit(progress, ProgressEvent(20, "creating the container"))
             avoid = (spec.home, *(m.target for m in spec.mounts))
             _, _, runtime = await asyncio.gather(
                 self.ensure_network(),
@@ -302,21 +296,21 @@ class DockerBackend:
             await self._volumes.ensure_mounts(spec, image_user)
             container, adopted = await self._create_or_adopt(spec, image_user, runtime)
             if adopted:
-                await _emit(progress, ProgressEvent(40, "the container is already running"))
+                await emit(progress, ProgressEvent(40, "the container is already running"))
                 await asyncio.wait({subscribed}, timeout=SUBSCRIBE_WAIT)
                 await self._call(container.reload)  # a death before the subscription shows
             else:
-                await _emit(progress, ProgressEvent(40, "starting the container"))
+                await emit(progress, ProgressEvent(40, "starting the container"))
                 await asyncio.wait({subscribed}, timeout=SUBSCRIBE_WAIT)
                 container = await self._start_container(container, spec, image_user, runtime)
-            await _emit(progress, ProgressEvent(60, "waiting for the app to answer"))
+            await emit(progress, ProgressEvent(60, "waiting for the app to answer"))
             endpoint = await self._wait_ready(container, spec, deadline)
         finally:
             if not subscribed.done():
                 subscribed.cancel()
             # A failed subscription only means polling instead: see _until_exit.
             await asyncio.gather(subscribed, return_exceptions=True)
-        await _emit(progress, ProgressEvent(100, f"ready at {endpoint.url}", ready=True))
+        await emit(progress, ProgressEvent(100, f"ready at {endpoint.url}", ready=True))
         return endpoint
 
     async def _image(self, image: str) -> _Image:

@@ -53,7 +53,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import inspect
 import ipaddress
 import secrets
 from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -69,6 +68,7 @@ from hub.domain.servers import (
     ProgressEvent,
     ProgressSink,
     ServerSpec,
+    emit,
 )
 
 PREFIX = "fake/"
@@ -77,6 +77,7 @@ PREFIX = "fake/"
 def _name(spec: ServerSpec) -> str:
     """The fake names its containers and volumes as the Docker backend does."""
     return container_name(spec.hub_id, spec.server_id)
+
 
 LOG_LINES = 20
 # The exit code of an app stopped by SIGTERM that it does not catch (under an init).
@@ -179,12 +180,6 @@ def _same_server(a: ServerSpec, b: ServerSpec) -> bool:
     return replace(a, start_timeout=0.0) == replace(b, start_timeout=0.0)
 
 
-async def _emit(progress: ProgressSink, event: ProgressEvent) -> None:
-    result = progress(event)
-    if inspect.isawaitable(result):
-        await result
-
-
 class FakeBackend:
     """The ``Backend`` port with no engine: containers live in a dict, for tests."""
 
@@ -246,9 +241,7 @@ class FakeBackend:
         self._check()
         self._volumes.discard(home_volume_name(self._hub_id, user_id))
 
-    async def prepare_runtime(
-        self, images: Iterable[str], *, only_copied: bool = False
-    ) -> None:
+    async def prepare_runtime(self, images: Iterable[str], *, only_copied: bool = False) -> None:
         """Nothing to prepare: fake servers start from nothing. Records what was asked."""
         self._check()
         self.prepared.extend(images)
@@ -296,21 +289,21 @@ class FakeBackend:
             raise LaunchFailed(
                 f"image {spec.image} is not built; run `labdock images build {name}`"
             )
-        await _emit(progress, ProgressEvent(10, f"image {spec.image} is ready"))
-        await _emit(progress, ProgressEvent(20, "creating the container"))
+        await emit(progress, ProgressEvent(10, f"image {spec.image} is ready"))
+        await emit(progress, ProgressEvent(20, "creating the container"))
         self._check()
         self.calls.append(("start", spec.server_id))
         self._volumes.add(home_volume_name(spec.hub_id, spec.user_id))
         self._volumes.update(team_volume_name(spec.hub_id, m.team_id) for m in spec.mounts)
         container = self._existing(spec)
         if container is not None:
-            await _emit(progress, ProgressEvent(40, "the container is already running"))
+            await emit(progress, ProgressEvent(40, "the container is already running"))
         else:
-            await _emit(progress, ProgressEvent(40, "starting the container"))
+            await emit(progress, ProgressEvent(40, "starting the container"))
             container = self._run(spec, how)
-        await _emit(progress, ProgressEvent(60, "waiting for the app to answer"))
+        await emit(progress, ProgressEvent(60, "waiting for the app to answer"))
         endpoint = await self._wait_ready(container, deadline)
-        await _emit(progress, ProgressEvent(100, f"ready at {endpoint.url}", ready=True))
+        await emit(progress, ProgressEvent(100, f"ready at {endpoint.url}", ready=True))
         return endpoint
 
     def _existing(self, spec: ServerSpec) -> _Container | None:

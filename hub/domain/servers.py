@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import enum
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -140,6 +141,13 @@ class ProgressEvent:
 
 
 ProgressSink = Callable[[ProgressEvent], Awaitable[None] | None]
+
+
+async def emit(progress: ProgressSink, event: ProgressEvent) -> None:
+    """Tell ``progress`` about ``event``, awaiting it when it is a coroutine function."""
+    result = progress(event)
+    if inspect.isawaitable(result):
+        await result
 
 
 @dataclass(frozen=True)
