@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 import docker
@@ -300,10 +301,11 @@ async def read_progress(hub: RunningHub, api: Api, path: str) -> list[dict[str, 
     ]
 
 
-async def test_progress_streams_each_step_until_ready(hub: RunningHub, with_settings) -> None:  # type: ignore[no-untyped-def]
+async def test_progress_streams_each_step_until_ready(hub: RunningHub) -> None:
     alice = await user_api(hub, "alice")
     # The hub waits for readiness before answering; ask it not to, to watch the launch.
-    object.__setattr__(hub.hub.deps, "settings", with_settings(hub={"launch_wait": 0.0}))
+    web_settings = replace(hub.hub.deps.settings, launch_wait=0.0)
+    object.__setattr__(hub.hub.deps, "settings", web_settings)
     response = await alice.call("POST", "/users/alice/servers/lab", {"environment": "busybox"})
     assert response.code == 202
     assert json.loads(response.body)["pending"] == "spawn"
@@ -342,10 +344,7 @@ async def test_oom_kill_is_recorded_in_plain_words(hub: RunningHub) -> None:
     assert seen_by_admin["stopped_reason"] == "stopped: exceeded its 64 MiB memory limit"
 
 
-async def test_too_many_launches_at_once_answer_429_with_retry_after(
-    hub: RunningHub,
-    with_settings,  # type: ignore[no-untyped-def]
-) -> None:
+async def test_too_many_launches_at_once_answer_429_with_retry_after(hub: RunningHub) -> None:
     alice = await user_api(hub, "alice")
     workspaces = hub.hub.workspaces
     object.__setattr__(
@@ -353,7 +352,8 @@ async def test_too_many_launches_at_once_answer_429_with_retry_after(
         "_policy",
         __import__("dataclasses").replace(workspaces._policy, max_concurrent_launches=1),
     )
-    object.__setattr__(hub.hub.deps, "settings", with_settings(hub={"launch_wait": 0.0}))
+    web_settings = replace(hub.hub.deps.settings, launch_wait=0.0)
+    object.__setattr__(hub.hub.deps, "settings", web_settings)
     first = await alice.call("POST", "/users/alice/servers/a", {"environment": "busybox"})
     second = await alice.call("POST", "/users/alice/servers/b", {"environment": "busybox"})
     assert first.code == 202
