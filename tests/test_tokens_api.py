@@ -309,3 +309,14 @@ async def test_without_an_expiry_tokens_get_the_configured_default(
         session, _ = await person(running, "bob")
         created = await session.call("POST", "/users/bob/tokens", {})
         assert json.loads(created.body)["expires_at"] is None
+
+
+async def test_token_ids_beyond_what_the_database_holds_name_no_token(
+    hub_server: RunningHub,
+) -> None:
+    """Found by schemathesis on PostgreSQL, whose integer ids stop at 2**31 - 1: a 500 before."""
+    session, _ = await person(hub_server, "alice")
+    for token_id in ("2147483648", "942123047093919697", "99999999999999999999"):
+        for method in ("GET", "DELETE"):
+            response = await session.call(method, f"/users/alice/tokens/{token_id}")
+            assert response.code == 404, (method, token_id, response.body)

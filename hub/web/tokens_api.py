@@ -22,7 +22,7 @@ from hub.domain.tokens import check_may_mint, grantable, may_manage_tokens
 from hub.web.api_base import ApiHandler
 from hub.web.openapi import errors, json_body, json_content, param, ref
 
-_TOKEN_ID_DIGITS = 18  # below 2**63: every id the database can hold
+_TOKEN_ID_DIGITS = 10  # ids are 32-bit integers in the database (MAX_TOKEN_ID)
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -43,11 +43,18 @@ def token_model(info: TokenInfo, owner: str) -> dict[str, Any]:
     }
 
 
+MAX_TOKEN_ID = 2**31 - 1
+
+
 def parse_token_id(raw: str) -> int:
     """A token id from the path, or ``NotFound`` (ids are numbers)."""
     if not raw.isascii() or not raw.isdecimal() or len(raw) > _TOKEN_ID_DIGITS:
         raise NotFound(f"no token {raw[:40]!r}: token ids are numbers")
-    return int(raw)
+    number = int(raw)
+    if number > MAX_TOKEN_ID:
+        # Ids are 32-bit integers in the database: a larger one names no token.
+        raise NotFound(f"no token {number}")
+    return number
 
 
 class TokenApiHandler(ApiHandler):
@@ -218,7 +225,7 @@ _TOKEN_ID: dict[str, Any] = {
     "in": "path",
     "required": True,
     "description": "A token's id, as its model shows it.",
-    "schema": {"type": "string", "pattern": r"^[0-9]{1,18}$"},
+    "schema": {"type": "string", "pattern": r"^[0-9]{1,10}$"},
 }
 
 OPENAPI_PATHS: dict[str, Any] = {
