@@ -35,12 +35,13 @@ def _pg_admin_dsn(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database on the engine under test."""
+@contextlib.contextmanager
+def fresh_database(folder: Path) -> Iterator[str]:
+    """A fresh, empty database: SQLite in ``folder``, or PostgreSQL when ``LABDOCK_TEST_DB_URL``
+    names a server (a database of its own there, dropped at the end)."""
     server = os.environ.get(PG_ENV)
     if not server:
-        yield f"sqlite:///{tmp_path / 'labdock.sqlite'}"
+        yield f"sqlite:///{folder / 'labdock.sqlite'}"
         return
     name = "labdock_t_" + secrets.token_hex(6)
     admin = _pg_admin_dsn(server)
@@ -51,6 +52,13 @@ def db_url(tmp_path: Path) -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database on the engine under test."""
+    with fresh_database(tmp_path) as url:
+        yield url
 
 
 def clean_engine(client: docker.DockerClient, hub_id: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import secrets
 import time
@@ -26,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import psycopg
 import pytest
 import pytest_asyncio
 import tornado.httpclient
@@ -34,14 +32,13 @@ import tornado.httpserver
 import tornado.httputil
 import tornado.testing
 import tornado.web
-from sqlalchemy.engine import make_url
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from hub.app import build_hub
 from hub.backends.docker_names import home_volume_name
 from hub.config import BackendSettings, CapacitySettings, DbSettings, HubSettings, Settings
 from hub.images.build import latest_tag
-from tests.conftest import PG_ENV, RunningHub, _pg_admin_dsn, clean_engine
+from tests.conftest import RunningHub, clean_engine, fresh_database
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 SHARED_JUPYTER_FILES = ("start.sh", "labdock_identity.py")
@@ -61,19 +58,8 @@ shared_loop = pytest.mark.asyncio(loop_scope="module")
 @pytest.fixture(scope="module")
 def module_db_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """SQLite, or a fresh PostgreSQL database when ``LABDOCK_TEST_DB_URL`` names a server."""
-    server = os.environ.get(PG_ENV)
-    if not server:
-        yield f"sqlite:///{tmp_path_factory.mktemp('envs-db') / 'labdock.sqlite'}"
-        return
-    name = "labdock_t_" + secrets.token_hex(6)
-    admin = _pg_admin_dsn(server)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(tmp_path_factory.mktemp("envs-db")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -25,18 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import pytest_asyncio
 import tornado.httpclient
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from hub.app import Hub, build_hub
 from hub.config import BackendSettings, CapacitySettings, DbSettings, HubSettings, Settings
 from hub.domain.routes import Route
-from tests.conftest import PG_ENV, SESSION_HUBS, RunningHub, _pg_admin_dsn, listening
+from tests.conftest import SESSION_HUBS, RunningHub, fresh_database, listening
 from tests.test_web import Browser
 
 APP = Path(__file__).with_name("upstream_app.py")
@@ -88,24 +86,6 @@ def upstream() -> Iterator[Upstream]:
 # The hub ----------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def module_db(folder: Path) -> Iterator[str]:
-    """A fresh database for the module: SQLite, or PostgreSQL under LABDOCK_TEST_DB_URL."""
-    server = os.environ.get(PG_ENV)
-    if not server:
-        yield f"sqlite:///{folder / 'labdock.sqlite'}"
-        return
-    name = "labdock_t_" + secrets.token_hex(6)
-    admin = _pg_admin_dsn(server)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @dataclass
 class SecurityHub:
     """One hub for the module, reachable both ways, with users and bob's server routed."""
@@ -134,7 +114,7 @@ async def shared(
     data = tmp_path_factory.mktemp("security-hub")
     hub_id = "t" + secrets.token_hex(5)
     SESSION_HUBS.add(hub_id)
-    with module_db(data) as db_url:
+    with fresh_database(data) as db_url:
         settings = Settings(
             hub=HubSettings(data_dir=data, cookie_secret="test-" + "x" * 40, id=hub_id),
             db=DbSettings(url=db_url),
